@@ -1,0 +1,56 @@
+"""``training-agent``: one command line for every component."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from training_core.errors import AgentError
+from training_core.logs import setup_logging
+from training_core.settings import Settings, SettingsError, get_settings
+
+app = typer.Typer(
+    help="Training Agent: turn a project's image dataset into a trained PyTorch model.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def settings_or_exit() -> Settings:
+    """Load settings; a bad one ends the program with one clear line (exit code 2)."""
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        typer.secho(str(error), err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create the agent's tables (if absent) in DATABASE_URL."""
+    from training_core.migrations import apply_migrations
+
+    settings = settings_or_exit()
+    if settings.database_url is None:
+        typer.secho("DATABASE_URL is not set", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    try:
+        applied = apply_migrations(settings.database_url.get_secret_value())
+    except Exception as error:  # noqa: BLE001 - reported to the user, not swallowed
+        typer.secho(f"migration failed: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    for name in applied:
+        typer.echo(f"applied {name}")
+
+
+def main() -> None:
+    try:
+        app()
+    except AgentError as error:
+        typer.secho(str(error), err=True, fg=typer.colors.RED)
+        sys.exit(1)

@@ -1,0 +1,141 @@
+"""The run domain: phases, legal transitions and the records the store hands out.
+
+Pure data and decisions only; no I/O lives here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Phase(StrEnum):
+    """One vocabulary for the store, the TrainingRun resource and the API."""
+
+    QUEUED = "Queued"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_PHASES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+ACTIVE_PHASES = frozenset({Phase.QUEUED, Phase.PENDING, Phase.RUNNING})
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
+
+# Which phase may follow which. A terminal phase is final: nothing overwrites it.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.QUEUED: frozenset({Phase.PENDING, Phase.RUNNING, *TERMINAL_PHASES}),
+    Phase.PENDING: frozenset({Phase.RUNNING, *TERMINAL_PHASES}),
+    # Running → Pending: a preempted pod waits for a new node and resumes from its checkpoint.
+    Phase.RUNNING: frozenset({Phase.PENDING, *TERMINAL_PHASES}),
+    Phase.SUCCEEDED: frozenset(),
+    Phase.FAILED: frozenset(),
+    Phase.CANCELLED: frozenset(),
+}
+
+
+def can_transition(old: Phase, new: Phase) -> bool:
+    return old == new or new in TRANSITIONS[old]
+
+
+def predecessors(new: Phase) -> frozenset[Phase]:
+    """The phases from which ``new`` may be reached (used as the condition of an update)."""
+    return frozenset(old for old, targets in TRANSITIONS.items() if new in targets)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Project(Record):
+    id: UUID
+    name: str
+    task_type: str | None = None
+    framework: str | None = None
+    status: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Dataset(Record):
+    id: UUID
+    project_id: UUID
+    name: str | None = None
+    gcs_url: str
+    size: int | None = None
+    source: str | None = None
+    created_at: datetime | None = None
+
+
+class Progress(Record):
+    """What a user watches while a run trains; every field is optional until known."""
+
+    epoch: int | None = None
+    total_epochs: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    images_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class Run(Record):
+    id: UUID
+    project_id: UUID
+    name: str
+    phase: Phase
+    attempt: int = 1
+    spec: dict[str, Any] = Field(default_factory=dict)
+    progress: dict[str, Any] = Field(default_factory=dict)
+    model_url: str | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ModelRecord(Record):
+    id: UUID
+    project_id: UUID
+    run_id: UUID | None = None
+    name: str
+    framework: str | None = None
+    gcs_url: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogEntry(Record):
+    id: int
+    project_id: UUID
+    agent_name: str
+    message: str
+    log_level: str
+    created_at: datetime | None = None
+
+
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def run_name(project_id: UUID | str, attempt: int) -> str:
+    """A deterministic, DNS-1123-safe name: a retried start finds the run it already made."""
+    return f"train-{str(project_id)[:8]}-{str(project_id)[-12:]}-{attempt}"
+
+
+def safe_name(text: str, max_length: int = 63) -> str:
+    """Lower-case letters, digits and dashes only: fit for object names and labels."""
+    cleaned = _UNSAFE.sub("-", text.lower()).strip("-")
+    return cleaned[:max_length].rstrip("-") or "model"

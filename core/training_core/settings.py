@@ -1,0 +1,147 @@
+"""Every setting of the agent, read once from the environment (or a .env file).
+
+Names are the environment variable names, upper-cased (``DATABASE_URL``, ``LOG_LEVEL`` …).
+Secrets are ``SecretStr``: they never show in ``repr()``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class SettingsError(ValueError):
+    """A missing or malformed setting; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- where the records live -------------------------------------------------------
+    store_backend: Literal["auto", "postgres", "supabase"] = "auto"
+    database_url: SecretStr | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    store_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    store_pool_size: int = Field(10, ge=1, le=200)
+
+    # --- where the blobs live ---------------------------------------------------------
+    # A bucket URL: ``gs://my-bucket`` in the cloud or ``file:///srv/bucket`` on one machine.
+    bucket_url: str = "file:///tmp/training-agent/bucket"
+    google_application_credentials: Path | None = None
+    blob_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    download_retries: int = Field(5, ge=0, le=20)
+    upload_retries: int = Field(3, ge=0, le=20)
+    retry_initial_delay_seconds: float = Field(0.5, gt=0, le=60)
+    retry_max_delay_seconds: float = Field(30.0, gt=0, le=600)
+
+    # --- intake limits ------------------------------------------------------------------
+    max_download_bytes: int = Field(20 * 2**30, gt=0)
+    max_archive_entries: int = Field(500_000, gt=0)
+    max_uncompressed_bytes: int = Field(50 * 2**30, gt=0)
+    max_entry_bytes: int = Field(256 * 2**20, gt=0)
+    max_compression_ratio: float = Field(200.0, gt=1)
+    min_free_disk_bytes: int = Field(512 * 2**20, ge=0)
+    scratch_dir: Path = Path("/tmp/training-agent/scratch")
+
+    # --- training defaults and bounds ---------------------------------------------------
+    default_model: str = "resnet18"
+    batch_size: int = Field(32, ge=1, le=4096)
+    default_epochs: int = Field(10, ge=1, le=1000)
+    default_learning_rate: float = Field(0.001, gt=0, lt=1)
+    max_epochs: int = Field(200, ge=1, le=10000)
+    max_batch_size: int = Field(1024, ge=1, le=65536)
+    image_size: int = Field(224, ge=16, le=1024)
+    torch_compile: Literal["auto", "on", "off"] = "auto"
+
+    # --- project status names (the wider platform defines them) ------------------------
+    status_pending: str = "pending_training"
+    status_training: str = "training"
+    status_trained: str = "trained"
+    status_failed: str = "failed"
+    status_after_cancel: str = "pending_training"
+    agent_name: str = "training-agent"
+
+    # --- API ----------------------------------------------------------------------------
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(30, ge=1, le=100_000)
+    status_logs_default: int = Field(20, ge=0, le=500)
+    status_logs_max: int = Field(200, ge=1, le=5000)
+    public_base_url: str = ""
+
+    # --- launchers ------------------------------------------------------------------------
+    launcher: Literal["kubernetes", "local"] = "local"
+    namespace: str = "training"
+    crd_group: str = "training.automl.dev"
+    local_max_concurrent: int = Field(1, ge=1, le=64)
+    local_runs_dir: Path = Path("/tmp/training-agent/runs")
+
+    # --- logging --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        """``API_TOKENS`` is a comma-separated list, so a Secret can hold several tokens."""
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("bucket_url")
+    @classmethod
+    def _bucket_scheme(cls, value: str) -> str:
+        if not value.startswith(("gs://", "file://")):
+            raise ValueError("must start with gs:// or file://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _store_reachable(self) -> Settings:
+        if self.store_backend == "postgres" and self.database_url is None:
+            raise ValueError("DATABASE_URL is required when STORE_BACKEND=postgres")
+        if self.store_backend == "supabase" and not (
+            self.supabase_url and self.supabase_service_role_key
+        ):
+            raise ValueError(
+                "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are required when STORE_BACKEND=supabase"
+            )
+        return self
+
+    @property
+    def resolved_store_backend(self) -> Literal["postgres", "supabase"]:
+        if self.store_backend != "auto":
+            return self.store_backend
+        return "postgres" if self.database_url is not None else "supabase"
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad setting, naming the environment variable, never echoing its value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "Invalid settings — " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's error into one clear ``SettingsError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

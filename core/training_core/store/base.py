@@ -1,0 +1,147 @@
+"""The store interface every component talks to.
+
+Adapters raise only the typed errors of :mod:`training_core.errors`: ``NotFound``,
+``InvalidState`` (carrying the actual state), ``Conflict`` and ``StoreUnavailable``.
+Every state change is conditional on the expected old state, so concurrent callers can
+never both win.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training_core.domain import (
+    Dataset,
+    LogEntry,
+    ModelRecord,
+    Phase,
+    Project,
+    Run,
+)
+
+
+class NewRun(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    project_id: UUID
+    name: str
+    attempt: int = 1
+    spec: dict[str, Any] = Field(default_factory=dict)
+    model_url: str | None = None
+    phase: Phase = Phase.QUEUED
+
+
+class RunUpdate(BaseModel):
+    """What to change on a run; ``None`` leaves a field as it is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase | None = None
+    progress: dict[str, Any] | None = None
+    error: str | None = None
+    model_url: str | None = None
+
+
+class Store(ABC):
+    # -- projects ----------------------------------------------------------------------
+    @abstractmethod
+    def get_project(self, project_id: UUID) -> Project: ...
+
+    @abstractmethod
+    def set_project_status(
+        self, project_id: UUID, status: str, expected: Collection[str] | None = None
+    ) -> Project:
+        """Set the status, only if it is one of ``expected`` (any, when ``None``)."""
+
+    @abstractmethod
+    def create_project(
+        self,
+        name: str,
+        *,
+        status: str = "pending_training",
+        task_type: str = "image_classification",
+        framework: str = "pytorch",
+        metadata: dict[str, Any] | None = None,
+    ) -> Project:
+        """Register a project (the platform does this; the local mode and tests do too)."""
+
+    def claim_project(self, project_id: UUID, pending: str, training: str) -> Project:
+        """``pending → training`` atomically; exactly one of many concurrent callers wins."""
+        return self.set_project_status(project_id, training, expected=[pending])
+
+    # -- datasets ----------------------------------------------------------------------
+    @abstractmethod
+    def get_dataset(self, project_id: UUID) -> Dataset:
+        """The project's newest dataset."""
+
+    @abstractmethod
+    def add_dataset(
+        self,
+        project_id: UUID,
+        gcs_url: str,
+        *,
+        name: str | None = None,
+        size: int | None = None,
+        source: str | None = "upload",
+    ) -> Dataset:
+        """Register a dataset for a project (the platform's job; local mode and tests too)."""
+
+    # -- runs --------------------------------------------------------------------------
+    @abstractmethod
+    def create_run(self, run: NewRun) -> Run:
+        """Record a run; ``Conflict`` when the project already has an active run."""
+
+    @abstractmethod
+    def get_run(self, run_id: UUID) -> Run: ...
+
+    @abstractmethod
+    def get_latest_run(self, project_id: UUID) -> Run | None: ...
+
+    @abstractmethod
+    def update_run(
+        self, run_id: UUID, update: RunUpdate, expected: Collection[Phase] | None = None
+    ) -> Run:
+        """Apply ``update`` only while the run's phase is one of ``expected``.
+
+        Entering Running stamps ``started_at`` (once); entering a terminal phase stamps
+        ``finished_at``. A lost condition raises ``InvalidState`` with the actual phase.
+        """
+
+    # -- models ------------------------------------------------------------------------
+    @abstractmethod
+    def insert_model(
+        self,
+        *,
+        project_id: UUID,
+        run_id: UUID,
+        name: str,
+        gcs_url: str,
+        framework: str = "pytorch",
+        metadata: dict[str, Any] | None = None,
+    ) -> ModelRecord:
+        """Record the model of a run; a second call for the same run returns the first row."""
+
+    @abstractmethod
+    def get_models(self, project_id: UUID) -> list[ModelRecord]: ...
+
+    # -- agent_logs --------------------------------------------------------------------
+    @abstractmethod
+    def log(self, project_id: UUID, message: str, level: str = "info", agent: str = "") -> None:
+        """Append one line to ``agent_logs`` (``agent`` defaults to the adapter's name)."""
+
+    @abstractmethod
+    def get_logs(self, project_id: UUID, limit: int = 20) -> list[LogEntry]:
+        """The newest ``limit`` lines, newest first."""
+
+    # -- health ------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
