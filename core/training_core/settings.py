@@ -77,7 +77,6 @@ class Settings(BaseSettings):
     # --- launchers ------------------------------------------------------------------------
     launcher: Literal["kubernetes", "local"] = "local"
     namespace: str = "training"
-    crd_group: str = "training.automl.dev"
     local_max_concurrent: int = Field(1, ge=1, le=64)
     local_runs_dir: Path = Path("/tmp/training-agent/runs")
 
