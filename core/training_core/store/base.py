@@ -103,6 +103,10 @@ class Store(ABC):
     def get_latest_run(self, project_id: UUID) -> Run | None: ...
 
     @abstractmethod
+    def list_active_runs(self) -> list[Run]:
+        """Every run in an active phase (Queued, Pending, Running), oldest first."""
+
+    @abstractmethod
     def update_run(
         self, run_id: UUID, update: RunUpdate, expected: Collection[Phase] | None = None
     ) -> Run:

@@ -186,6 +186,14 @@ class PostgresStore(Store):
         )
         return Run(**row) if row else None
 
+    def list_active_runs(self) -> list[Run]:
+        rows = self._all(
+            f"select {_RUN_COLUMNS} from training_runs"
+            " where phase in ('Queued', 'Pending', 'Running') order by created_at",
+            {},
+        )
+        return [Run(**row) for row in rows]
+
     def update_run(
         self, run_id: UUID, update: RunUpdate, expected: Collection[Phase] | None = None
     ) -> Run:
