@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -46,6 +47,21 @@ def db_migrate() -> None:
         raise typer.Exit(1) from None
     for name in applied:
         typer.echo(f"applied {name}")
+
+
+@app.command()
+def demo(
+    epochs: int = typer.Option(5, min=1, max=50, help="Epochs to train."),
+    model: str = typer.Option("resnet18", help="Architecture to fine-tune."),
+    image_size: int = typer.Option(32, min=16, max=224, help="Input size in pixels."),
+    home: Path | None = typer.Option(None, help="State folder (default: TRAINING_AGENT_HOME or ./.local)."),
+) -> None:
+    """Train a real model end to end on this machine, over the HTTP API."""
+    from training_core.demo import run_demo
+
+    setup_logging("WARNING")
+    result = run_demo(home=home, model=model, epochs=epochs, image_size=image_size)
+    raise typer.Exit(0 if result.phase == "Succeeded" else 1)
 
 
 def main() -> None:

@@ -1,0 +1,3 @@
+from training_core.cli import main
+
+main()
