@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,8 @@ from training_core.domain import (
 class NewRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    # Chosen by the caller, so the run's spec and model URL can carry it before the insert.
+    id: UUID = Field(default_factory=uuid4)
     project_id: UUID
     name: str
     attempt: int = 1
