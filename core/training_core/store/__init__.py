@@ -16,6 +16,7 @@ def open_store(settings: Settings) -> Store:
             settings.database_url.get_secret_value(),
             timeout=settings.store_timeout_seconds,
             max_size=settings.store_pool_size,
+            agent_name=settings.agent_name,
         )
     from training_core.store.supabase import SupabaseStore
 
@@ -24,6 +25,7 @@ def open_store(settings: Settings) -> Store:
         settings.supabase_url,
         settings.supabase_service_role_key.get_secret_value(),
         timeout=settings.store_timeout_seconds,
+        agent_name=settings.agent_name,
     )
 
 

@@ -17,17 +17,14 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
-from training_core.errors import Conflict, InvalidState, NotFound, StoreUnavailable
+from training_core.errors import AgentError, InvalidInput, InvalidState, NotFound, StoreUnavailable
 from training_core.store.base import NewRun, RunUpdate, Store
+from training_core.store.common import MODEL_COLUMNS as _MODEL_COLUMNS
+from training_core.store.common import RUN_COLUMNS as _RUN_COLUMNS
+from training_core.store.common import error_for_sqlstate, phase_values
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_RUN_COLUMNS = (
-    "id, project_id, name, phase, attempt, spec, progress, model_url, error, "
-    "created_at, started_at, finished_at, updated_at"
-)
-_MODEL_COLUMNS = "id, project_id, run_id, name, framework, gcs_url, metadata"
 
 
 class PostgresStore(Store):
@@ -66,14 +63,8 @@ class PostgresStore(Store):
                 yield cur
         except PoolTimeout as error:
             raise StoreUnavailable(f"database unreachable: {error}") from None
-        except psycopg.errors.UniqueViolation as error:
-            raise Conflict(_constraint_message(error)) from None
-        except psycopg.errors.ForeignKeyViolation as error:
-            raise NotFound("referenced record", _constraint_message(error)) from None
-        except psycopg.errors.QueryCanceled:
-            raise StoreUnavailable("database statement timed out") from None
-        except psycopg.OperationalError as error:
-            raise StoreUnavailable(f"database unavailable: {error}") from None
+        except psycopg.Error as error:
+            raise _typed(error) from None
 
     def _one(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
         with self._cursor() as cur:
@@ -129,7 +120,7 @@ class PostgresStore(Store):
             "update projects set status = %(status)s where id = %(id)s"
             " and (%(expected)s::text[] is null or status = any(%(expected)s))"
             " returning id, name, task_type, framework, status, metadata",
-            {"id": project_id, "status": status, "expected": _list(expected)},
+            {"id": project_id, "status": status, "expected": phase_values(expected)},
         )
         if row is None:
             actual = self.get_project(project_id).status  # raises NotFound when absent
@@ -166,8 +157,8 @@ class PostgresStore(Store):
     # -- runs --------------------------------------------------------------------------
     def create_run(self, run: NewRun) -> Run:
         row = self._one(
-            "insert into training_runs (project_id, name, attempt, spec, model_url, phase)"
-            " values (%(project_id)s, %(name)s, %(attempt)s, %(spec)s, %(model_url)s, %(phase)s)"
+            "insert into training_runs (id, project_id, name, attempt, spec, model_url, phase)"
+            " values (%(id)s, %(project_id)s, %(name)s, %(attempt)s, %(spec)s, %(model_url)s, %(phase)s)"
             f" returning {_RUN_COLUMNS}",
             {**run.model_dump(), "spec": Jsonb(run.spec), "phase": run.phase.value},
         )
@@ -211,12 +202,12 @@ class PostgresStore(Store):
                 "progress": Jsonb(update.progress) if update.progress is not None else None,
                 "error": update.error,
                 "model_url": update.model_url,
-                "expected": _list(expected),
+                "expected": phase_values(expected),
             },
         )
         if row is None:
             actual = self.get_run(run_id).phase
-            raise InvalidState("run", run_id, sorted(expected or []), actual.value)
+            raise InvalidState("run", run_id, sorted(phase_values(expected) or []), actual.value)
         return Run(**row)
 
     # -- models ------------------------------------------------------------------------
@@ -282,10 +273,11 @@ class PostgresStore(Store):
         self._pool.close()
 
 
-def _list(values: Collection[Any] | None) -> list[str] | None:
-    return None if values is None else [str(v.value if isinstance(v, Phase) else v) for v in values]
-
-
-def _constraint_message(error: psycopg.Error) -> str:
-    diag = error.diag
-    return diag.message_detail or diag.message_primary or str(error)
+def _typed(error: psycopg.Error) -> AgentError:
+    """Every driver error as one of the store's typed errors."""
+    if error.sqlstate is not None:
+        diag = error.diag
+        return error_for_sqlstate(error.sqlstate, diag.message_primary or str(error), diag.message_detail)
+    if isinstance(error, psycopg.DataError):  # refused before sending, e.g. a NUL character
+        return InvalidInput(f"the database refused the values: {error}")
+    return StoreUnavailable(f"database unavailable: {error}")  # refused, lost, pool closed

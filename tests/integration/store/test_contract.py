@@ -1,0 +1,321 @@
+"""The store contract: every adapter behaves the same over the same real Postgres.
+
+Each test runs against ``PostgresStore`` and ``SupabaseStore`` (through the PostgREST
+endpoint) and checks what lands in the tables, not only what the adapter returns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import pytest
+
+from training_core.domain import Phase
+from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound
+from training_core.store.base import NewRun, RunUpdate, Store
+
+T = TypeVar("T")
+
+
+def race(count: int, attempt: Callable[[], T]) -> list[T | Exception]:
+    """Run ``attempt`` in ``count`` threads released together; results or errors, in order."""
+    start = threading.Barrier(count)
+
+    def one() -> T | Exception:
+        start.wait()
+        try:
+            return attempt()
+        except Exception as error:  # noqa: BLE001 - the outcome is what the test inspects
+            return error
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: one(), range(count)))
+
+
+def new_run(store: Store, project_id: Any, attempt: int = 1, **fields: Any):
+    return store.create_run(
+        NewRun(project_id=project_id, name=f"train-{project_id}-{attempt}", attempt=attempt, **fields)
+    )
+
+
+# -- projects ----------------------------------------------------------------------------
+def test_a_created_project_reads_back_and_is_in_the_table(store: Store, db) -> None:
+    project = store.create_project("digits", metadata={"num_classes": 10})
+
+    assert store.get_project(project.id) == project
+    row = db.execute("select name, status, task_type, framework, metadata from projects").fetchone()
+    assert row == {
+        "name": "digits",
+        "status": "pending_training",
+        "task_type": "image_classification",
+        "framework": "pytorch",
+        "metadata": {"num_classes": 10},
+    }
+
+
+def test_an_unknown_project_is_not_found(store: Store) -> None:
+    missing = uuid4()
+    with pytest.raises(NotFound, match=str(missing)):
+        store.get_project(missing)
+
+
+def test_set_project_status_is_conditional_and_reports_the_actual_status(store: Store, db) -> None:
+    project = store.create_project("digits", status="training")
+
+    assert store.set_project_status(project.id, "trained", expected=["training"]).status == "trained"
+    with pytest.raises(InvalidState) as lost:
+        store.set_project_status(project.id, "failed", expected=["training", "pending_training"])
+    assert lost.value.actual == "trained"
+    assert "'trained'" in str(lost.value)
+    assert db.execute("select status from projects").fetchone() == {"status": "trained"}
+
+    assert store.set_project_status(project.id, "pending_training").status == "pending_training"
+    with pytest.raises(NotFound):
+        store.set_project_status(uuid4(), "trained", expected=["training"])
+
+
+# -- datasets ----------------------------------------------------------------------------
+def test_the_newest_dataset_of_the_project_is_returned(store: Store) -> None:
+    project = store.create_project("digits")
+    other = store.create_project("other")
+    with pytest.raises(NotFound, match="dataset"):
+        store.get_dataset(project.id)
+
+    store.add_dataset(project.id, "gs://bucket/p/raw/v1.zip", name="v1", size=10)
+    newest = store.add_dataset(project.id, "gs://bucket/p/raw/v2.zip", name="v2", size=20)
+    store.add_dataset(other.id, "gs://bucket/o/raw/dataset.zip")
+
+    dataset = store.get_dataset(project.id)
+    assert dataset == newest
+    assert (dataset.gcs_url, dataset.name, dataset.size, dataset.source) == (
+        "gs://bucket/p/raw/v2.zip",
+        "v2",
+        20,
+        "upload",
+    )
+
+
+def test_a_dataset_of_an_unknown_project_is_refused(store: Store, db) -> None:
+    missing = uuid4()
+    with pytest.raises(NotFound, match=str(missing)):
+        store.add_dataset(missing, "gs://bucket/x/raw/dataset.zip")
+    assert db.execute("select count(*) as n from datasets").fetchone() == {"n": 0}
+
+
+# -- the claim -----------------------------------------------------------------------------
+def test_twenty_concurrent_claims_have_exactly_one_winner(store: Store, db) -> None:
+    project = store.create_project("digits")
+
+    outcomes = race(20, lambda: store.claim_project(project.id, "pending_training", "training"))
+
+    winners = [o for o in outcomes if not isinstance(o, Exception)]
+    losers = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(winners) == 1 and winners[0].status == "training"
+    assert len(losers) == 19
+    assert all(isinstance(error, InvalidState) and error.actual == "training" for error in losers)
+    assert db.execute("select status from projects").fetchone() == {"status": "training"}
+
+
+# -- runs ----------------------------------------------------------------------------------
+def test_a_created_run_is_queued_and_reads_back(store: Store, db) -> None:
+    project = store.create_project("digits")
+    chosen = uuid4()
+
+    run = store.create_run(
+        NewRun(
+            id=chosen,
+            project_id=project.id,
+            name="train-digits-1",
+            spec={"epochs": 3, "model": "resnet18"},
+            model_url="gs://bucket/p/models/digits.pth",
+        )
+    )
+
+    assert run.id == chosen
+    assert (run.phase, run.attempt, run.progress, run.error) == (Phase.QUEUED, 1, {}, None)
+    assert run.started_at is None and run.finished_at is None and run.created_at is not None
+    assert store.get_run(run.id) == run
+    row = db.execute("select id, phase, spec, model_url from training_runs").fetchone()
+    assert row == {
+        "id": chosen,
+        "phase": "Queued",
+        "spec": {"epochs": 3, "model": "resnet18"},
+        "model_url": "gs://bucket/p/models/digits.pth",
+    }
+    with pytest.raises(NotFound, match="run"):
+        store.get_run(uuid4())
+
+
+def test_a_run_of_an_unknown_project_is_not_found(store: Store) -> None:
+    missing = uuid4()
+    with pytest.raises(NotFound, match=str(missing)):
+        new_run(store, missing)
+
+
+def test_a_second_active_run_of_a_project_is_a_conflict(store: Store, db) -> None:
+    project = store.create_project("digits")
+    first = new_run(store, project.id, attempt=1)
+
+    with pytest.raises(Conflict, match="active run"):
+        new_run(store, project.id, attempt=2)
+    assert db.execute("select count(*) as n from training_runs").fetchone() == {"n": 1}
+
+    store.update_run(first.id, RunUpdate(phase=Phase.FAILED, error="out of memory"))
+    assert new_run(store, project.id, attempt=2).phase is Phase.QUEUED
+
+
+def test_concurrent_runs_of_one_project_leave_exactly_one(store: Store, db) -> None:
+    project = store.create_project("digits")
+
+    outcomes = race(8, lambda: store.create_run(NewRun(project_id=project.id, name=f"r-{uuid4()}")))
+
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    assert all(isinstance(o, Conflict) for o in outcomes if isinstance(o, Exception))
+    assert db.execute("select count(*) as n from training_runs").fetchone() == {"n": 1}
+
+
+def test_a_lost_conditional_update_reports_the_actual_phase_and_writes_nothing(store: Store, db) -> None:
+    project = store.create_project("digits")
+    run = new_run(store, project.id)
+    store.update_run(run.id, RunUpdate(phase=Phase.SUCCEEDED), expected=[Phase.QUEUED])
+
+    with pytest.raises(InvalidState) as lost:
+        store.update_run(
+            run.id,
+            RunUpdate(phase=Phase.FAILED, error="pod deleted"),
+            expected=[Phase.QUEUED, Phase.PENDING, Phase.RUNNING],
+        )
+
+    assert lost.value.actual == "Succeeded"
+    assert "'Succeeded'" in str(lost.value) and "Running" in str(lost.value)
+    assert db.execute("select phase, error from training_runs").fetchone() == {
+        "phase": "Succeeded",
+        "error": None,
+    }
+    with pytest.raises(NotFound):
+        store.update_run(uuid4(), RunUpdate(phase=Phase.RUNNING), expected=[Phase.QUEUED])
+
+
+def test_an_update_changes_only_the_fields_it_names(store: Store) -> None:
+    project = store.create_project("digits")
+    run = new_run(store, project.id, model_url="gs://bucket/p/models/a.pth")
+
+    running = store.update_run(run.id, RunUpdate(phase=Phase.RUNNING, progress={"epoch": 1, "total_epochs": 3}))
+    progressed = store.update_run(run.id, RunUpdate(progress={"epoch": 2, "total_epochs": 3}))
+
+    assert running.progress == {"epoch": 1, "total_epochs": 3}
+    assert progressed.phase is Phase.RUNNING
+    assert progressed.progress == {"epoch": 2, "total_epochs": 3}
+    assert progressed.model_url == "gs://bucket/p/models/a.pth" and progressed.error is None
+    # Nothing to change: the run as it is, or the condition's verdict.
+    assert store.update_run(run.id, RunUpdate(), expected=[Phase.RUNNING]).progress == progressed.progress
+    with pytest.raises(InvalidState):
+        store.update_run(run.id, RunUpdate(), expected=[Phase.QUEUED])
+
+
+def test_the_database_stamps_started_and_finished_once(store: Store) -> None:
+    project = store.create_project("digits")
+    run = new_run(store, project.id)
+
+    started = store.update_run(run.id, RunUpdate(phase=Phase.RUNNING), expected=[Phase.QUEUED])
+    preempted = store.update_run(run.id, RunUpdate(phase=Phase.PENDING), expected=[Phase.RUNNING])
+    resumed = store.update_run(run.id, RunUpdate(phase=Phase.RUNNING), expected=[Phase.PENDING])
+    done = store.update_run(run.id, RunUpdate(phase=Phase.SUCCEEDED), expected=[Phase.RUNNING])
+
+    assert started.started_at is not None and started.finished_at is None
+    assert preempted.started_at == resumed.started_at == done.started_at == started.started_at
+    assert done.finished_at is not None and done.finished_at >= done.started_at
+    assert done.updated_at >= done.finished_at
+
+
+def test_the_latest_run_is_the_newest(store: Store) -> None:
+    project = store.create_project("digits")
+    assert store.get_latest_run(project.id) is None
+
+    first = new_run(store, project.id, attempt=1)
+    store.update_run(first.id, RunUpdate(phase=Phase.CANCELLED))
+    second = new_run(store, project.id, attempt=2)
+    new_run(store, store.create_project("other").id)
+
+    assert store.get_latest_run(project.id) == second
+
+
+def test_active_runs_are_listed_oldest_first(store: Store) -> None:
+    projects = [store.create_project(f"p{i}") for i in range(4)]
+    runs = [new_run(store, p.id) for p in projects]
+    store.update_run(runs[1].id, RunUpdate(phase=Phase.RUNNING))
+    store.update_run(runs[2].id, RunUpdate(phase=Phase.SUCCEEDED))
+    store.update_run(runs[3].id, RunUpdate(phase=Phase.PENDING))
+
+    active = store.list_active_runs()
+
+    assert [r.id for r in active] == [runs[0].id, runs[1].id, runs[3].id]
+    assert [r.phase for r in active] == [Phase.QUEUED, Phase.RUNNING, Phase.PENDING]
+
+
+# -- models ----------------------------------------------------------------------------------
+def test_a_model_is_recorded_once_per_run(store: Store, db) -> None:
+    project = store.create_project("digits")
+    run = new_run(store, project.id)
+
+    first = store.insert_model(
+        project_id=project.id,
+        run_id=run.id,
+        name="digits",
+        gcs_url="gs://bucket/p/models/digits.pth",
+        metadata={"val_accuracy": 0.97},
+    )
+    again = store.insert_model(project_id=project.id, run_id=run.id, name="other", gcs_url="gs://bucket/other.pth")
+
+    assert again == first
+    assert (first.name, first.gcs_url, first.metadata) == ("digits", "gs://bucket/p/models/digits.pth", {"val_accuracy": 0.97})
+    assert store.get_models(project.id) == [first]
+    assert db.execute("select count(*) as n from models").fetchone() == {"n": 1}
+
+
+def test_concurrent_model_records_of_one_run_agree(store: Store, db) -> None:
+    project = store.create_project("digits")
+    run = new_run(store, project.id)
+
+    outcomes = race(
+        8,
+        lambda: store.insert_model(project_id=project.id, run_id=run.id, name="m", gcs_url="gs://bucket/m.pth"),
+    )
+
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert len({o.id for o in outcomes}) == 1  # type: ignore[union-attr]
+    assert db.execute("select count(*) as n from models").fetchone() == {"n": 1}
+
+
+# -- agent_logs --------------------------------------------------------------------------------
+def test_logs_are_newest_first_and_bounded(store: Store, db) -> None:
+    project = store.create_project("digits")
+    other = store.create_project("other")
+    for i in range(5):
+        store.log(project.id, f"line {i}")
+    store.log(project.id, "training failed: out of memory", level="error", agent="trainer")
+    store.log(other.id, "not mine")
+
+    newest = store.get_logs(project.id, limit=3)
+
+    assert [e.message for e in newest] == ["training failed: out of memory", "line 4", "line 3"]
+    assert (newest[0].log_level, newest[0].agent_name) == ("error", "trainer")
+    assert (newest[1].log_level, newest[1].agent_name) == ("info", "training-agent")
+    assert len(store.get_logs(project.id)) == 6
+    assert store.get_logs(project.id, limit=0) == []
+    assert db.execute("select count(*) as n from agent_logs").fetchone() == {"n": 7}
+
+
+# -- bad values and health --------------------------------------------------------------------
+def test_a_value_the_database_refuses_is_invalid_input(store: Store, db) -> None:
+    with pytest.raises(InvalidInput):
+        store.create_project("bad\x00name")
+    assert db.execute("select count(*) as n from projects").fetchone() == {"n": 0}
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
