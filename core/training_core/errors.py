@@ -53,3 +53,15 @@ class BlobExists(BlobError, Conflict):
 
 class InvalidInput(AgentError):
     """The user's input (URL, archive, dataset, metadata) is wrong; retrying will not help."""
+
+
+class BlobTooLarge(BlobError, InvalidInput):
+    """An object is bigger than the configured maximum; retrying will not help."""
+
+
+class ChecksumMismatch(BlobError):
+    """The bytes received (or stored) do not match the object's crc32c."""
+
+
+class InsufficientDiskSpace(AgentError):
+    """Not enough free space on the scratch volume for a download or an extraction."""
