@@ -1,0 +1,76 @@
+"""The app factory: ``create_app(settings, store=None, launcher=None)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from training_core.launchers import Launcher, open_launcher
+from training_core.settings import Settings, SettingsError
+from training_core.store import Store, open_store
+from training_api.auth import Authenticator
+from training_api.errors import install_error_handlers
+from training_api.metrics import ApiMetrics, MetricsMiddleware
+from training_api.ratelimit import RateLimiter
+from training_api.routes import system, training
+from training_api.service import TrainingService
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Turns a project's image dataset into a trained PyTorch model.
+
+Every endpoint except `/health` and `/ready` needs `Authorization: Bearer <token>`.
+Errors have one shape: `{"success": false, "error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    store: Store | None = None,
+    launcher: Launcher | None = None,
+    *,
+    allow_anonymous: bool = False,
+) -> FastAPI:
+    """Build the API. What it opens itself (store, launcher) it also closes on shutdown.
+
+    Without ``API_TOKENS`` it refuses to start, unless ``allow_anonymous`` says so on purpose.
+    """
+    if not settings.api_tokens and not allow_anonymous:
+        raise SettingsError(
+            "API_TOKENS is empty: set at least one token, or allow anonymous access on purpose"
+            " (training-agent serve --insecure)"
+        )
+    if not settings.api_tokens:
+        log.warning("API_TOKENS is empty: the API accepts anonymous requests")
+    owned_store = store is None
+    store = store or open_store(settings)
+    owned_launcher = launcher is None
+    launcher = launcher or open_launcher(settings, store)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned_launcher:
+            launcher.close()
+        if owned_store:
+            store.close()
+
+    metrics = ApiMetrics()
+    app = FastAPI(
+        title="Training Agent",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = TrainingService(settings, store, launcher, metrics)
+    app.state.authenticator = Authenticator(settings.api_tokens, allow_anonymous=allow_anonymous)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(system.router)
+    app.include_router(training.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,208 @@
+"""The start/cancel decisions as plain functions: no I/O, so every rule is tested directly.
+
+Project metadata keys read (request values win over them; settings give the defaults):
+``model``, ``epochs``, ``learning_rate``, ``batch_size``, ``image_size``, ``num_classes``,
+``pretrained``, ``seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from training_core.blobs import parse_url
+from training_core.domain import Dataset, Phase, Project, Run, run_name
+from training_core.errors import InvalidInput
+from training_core.runspec import SUPPORTED_MODELS, RunSpec, model_url_for
+from training_core.settings import Settings
+from training_api.errors import ApiError
+
+TASK_TYPE = "image_classification"
+FRAMEWORK = "pytorch"
+
+
+class TrainingMetadata(BaseModel):
+    """The training keys of ``projects.metadata``; other keys belong to the platform."""
+
+    # Strict: "10" in the metadata is a platform bug to report, not a number to guess.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    pretrained: bool | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingChoice:
+    """What a run will do, decided from the request, the project and the settings."""
+
+    model: str
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    image_size: int
+    pretrained: bool
+    seed: int | None
+    dataset_url: str
+
+
+def parse_project_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except (ValueError, TypeError):
+        raise ApiError(400, "invalid_project_id", "project_id must be a UUID") from None
+
+
+def phase_label(phase: Phase) -> str:
+    return phase.value.lower()
+
+
+# (name, check, what is required) for every numeric choice, bounds from the settings.
+def _rules(settings: Settings) -> list[tuple[str, Callable[[Any], bool], str]]:
+    return [
+        ("epochs", lambda v: 1 <= v <= settings.max_epochs, f"between 1 and {settings.max_epochs}"),
+        ("learning_rate", lambda v: 0 < v < 1, "greater than 0 and less than 1"),
+        (
+            "batch_size",
+            lambda v: 1 <= v <= settings.max_batch_size,
+            f"between 1 and {settings.max_batch_size}",
+        ),
+        ("image_size", lambda v: 16 <= v <= 1024, "between 16 and 1024"),
+        ("num_classes", lambda v: v is None or v >= 2, "at least 2"),
+        ("seed", lambda v: v is None or 0 <= v < 2**32, "between 0 and 2^32 - 1"),
+    ]
+
+
+def resolve_training(
+    project: Project, dataset: Dataset, overrides: Mapping[str, Any], settings: Settings
+) -> TrainingChoice:
+    """Check the project and its dataset and decide the run's parameters, or refuse."""
+    check_project_kind(project)
+    metadata = _metadata(project)
+    defaults = {
+        "model": settings.default_model,
+        "epochs": settings.default_epochs,
+        "learning_rate": settings.default_learning_rate,
+        "batch_size": settings.batch_size,
+        "image_size": settings.image_size,
+        "pretrained": True,
+    }
+    values: dict[str, Any] = {**defaults, **metadata, **dict(overrides)}
+    for name, ok, requirement in _rules(settings):
+        if not ok(values.get(name)):
+            raise _bad_value(name, values[name], requirement, from_request=name in overrides)
+    if values["model"] not in SUPPORTED_MODELS:
+        source = "requested" if "model" in overrides else "in the project metadata"
+        raise ApiError(
+            400,
+            "unsupported_model",
+            f"model {values['model']!r} {source} is not supported; use one of "
+            + ", ".join(SUPPORTED_MODELS),
+        )
+    return TrainingChoice(
+        model=values["model"],
+        epochs=values["epochs"],
+        learning_rate=float(values["learning_rate"]),
+        batch_size=values["batch_size"],
+        image_size=values["image_size"],
+        pretrained=values["pretrained"],
+        seed=values.get("seed"),
+        dataset_url=check_dataset_url(dataset),
+    )
+
+
+def check_project_kind(project: Project) -> None:
+    if (project.task_type or "").lower() != TASK_TYPE:
+        raise ApiError(
+            400,
+            "unsupported_task_type",
+            f"project task_type is {project.task_type!r}; only {TASK_TYPE!r} is supported",
+        )
+    if (project.framework or "").lower() != FRAMEWORK:
+        raise ApiError(
+            400,
+            "unsupported_framework",
+            f"project framework is {project.framework!r}; only {FRAMEWORK!r} is supported",
+        )
+
+
+def _metadata(project: Project) -> dict[str, Any]:
+    try:
+        parsed = TrainingMetadata.model_validate(project.metadata)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False)
+        )
+        raise ApiError(400, "invalid_metadata", f"project metadata is invalid: {problems}") from None
+    return parsed.model_dump(exclude_none=True)
+
+
+def _bad_value(name: str, value: Any, requirement: str, *, from_request: bool) -> ApiError:
+    if from_request:
+        return ApiError(422, "invalid_parameter", f"{name} must be {requirement} (got {value})")
+    return ApiError(
+        400, "invalid_metadata", f"project metadata {name} must be {requirement} (got {value})"
+    )
+
+
+def check_dataset_url(dataset: Dataset) -> str:
+    try:
+        parse_url(dataset.gcs_url)
+    except InvalidInput as error:
+        raise ApiError(400, "invalid_dataset_url", f"the project's dataset URL is invalid: {error}") from None
+    return dataset.gcs_url
+
+
+def plan_run(
+    choice: TrainingChoice,
+    project: Project,
+    previous: Run | None,
+    run_id: UUID,
+    settings: Settings,
+) -> RunSpec:
+    """The next run of a project: attempt, deterministic name and a model URL fixed now.
+
+    A project's first run writes ``<project>_model.pth``; later runs add their id, so a
+    model that exists is never overwritten.
+    """
+    attempt = previous.attempt + 1 if previous else 1
+    return RunSpec(
+        run_id=run_id,
+        run_name=run_name(project.id, attempt),
+        project_id=project.id,
+        dataset_url=choice.dataset_url,
+        model=choice.model,
+        model_url=model_url_for(settings.bucket_url, project.name, run_id if previous else None),
+        epochs=choice.epochs,
+        learning_rate=choice.learning_rate,
+        batch_size=choice.batch_size,
+        image_size=choice.image_size,
+        pretrained=choice.pretrained,
+        seed=choice.seed,
+    )
+
+
+def wrong_status(project: Project, settings: Settings) -> ApiError:
+    return ApiError(
+        400,
+        "invalid_project_status",
+        f"project is {project.status!r}; training starts from {settings.status_pending!r}",
+    )
+
+
+def progress_of(run: Run | None) -> dict[str, Any]:
+    """The run's progress, limited to what the API promises."""
+    if run is None:
+        return {}
+    keys = ("epoch", "total_epochs", "loss", "val_accuracy", "images_per_second", "eta_seconds")
+    return {key: run.progress.get(key) for key in keys}

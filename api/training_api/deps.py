@@ -1,0 +1,42 @@
+"""Dependencies of the routes, as ``Annotated`` aliases (the FastAPI template's style)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from training_api.errors import ApiError
+from training_api.service import TrainingService
+
+
+def get_service(request: Request) -> TrainingService:
+    return request.app.state.service
+
+
+def authenticated_client(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str | None:
+    return request.app.state.authenticator.client_of(authorization)
+
+
+def rate_limited_client(
+    request: Request, client: Annotated[str | None, Depends(authenticated_client)]
+) -> str | None:
+    """Authenticated, then counted against the client's budget (anonymous: its address)."""
+    key = client or (request.client.host if request.client else "unknown")
+    wait = request.app.state.rate_limiter.retry_after(key)
+    if wait:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests; retry in {wait} s",
+            {"Retry-After": str(wait)},
+        )
+    return client
+
+
+ServiceDep = Annotated[TrainingService, Depends(get_service)]
+ClientDep = Annotated[str | None, Depends(authenticated_client)]
+LimitedClientDep = Annotated[str | None, Depends(rate_limited_client)]

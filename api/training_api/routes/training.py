@@ -1,0 +1,98 @@
+"""``/agents/training/*``: start, status and cancel (thin: the service decides)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from training_api import decisions
+from training_api.deps import LimitedClientDep, ServiceDep, authenticated_client
+from training_api.schemas import (
+    CancelResponse,
+    ErrorResponse,
+    LogView,
+    ProgressView,
+    RunView,
+    StartRequest,
+    StartResponse,
+    StatusResponse,
+)
+
+ERRORS = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        400: "Invalid id, metadata, dataset URL or project status",
+        401: "Missing or invalid bearer token",
+        404: "Project or dataset not found",
+        409: "No active run, or the run ended meanwhile",
+        422: "Request does not match the schema or bounds",
+        429: "Rate limit reached (see Retry-After)",
+        503: "Store or launcher unavailable (see Retry-After)",
+    }.items()
+}
+
+router = APIRouter(
+    prefix="/agents/training",
+    tags=["training"],
+    dependencies=[Depends(authenticated_client)],
+    responses=ERRORS,
+)
+
+
+@router.post(
+    "/start",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=StartResponse,
+    summary="Start training a project",
+    responses={200: {"model": StartResponse, "description": "The project's active run (no new run)"}},
+)
+def start_training(
+    body: StartRequest, service: ServiceDep, client: LimitedClientDep, response: Response
+) -> StartResponse:
+    started = service.start(body.project_id, body.overrides())
+    run = started.run
+    if started.created:
+        message = f"training run {run.name} queued"
+    else:
+        response.status_code = status.HTTP_200_OK
+        message = f"training run {run.name} is already active for this project; no new run started"
+    return StartResponse(
+        created=started.created,
+        run_id=run.id,
+        run_name=run.name,
+        status=decisions.phase_label(run.phase),
+        model_url=run.model_url,
+        status_url=f"{service.settings.public_base_url.rstrip('/')}/agents/training/status/{run.project_id}",
+        message=message,
+    )
+
+
+@router.get("/status/{project_id}", response_model=StatusResponse, summary="A project's training status")
+def training_status(
+    project_id: str,
+    service: ServiceDep,
+    logs: Annotated[int | None, Query(ge=0, description="How many agent_logs lines (newest first)")] = None,
+) -> StatusResponse:
+    found = service.status(project_id, service.settings.status_logs_default if logs is None else logs)
+    run = found.run
+    return StatusResponse(
+        project_id=found.project.id,
+        project_status=found.project.status,
+        status=decisions.phase_label(run.phase) if run else "not_started",
+        progress=ProgressView(**decisions.progress_of(run)),
+        run=RunView.of(run) if run else None,
+        model_url=run.model_url if run else None,
+        logs=[LogView.of(entry) for entry in found.logs],
+    )
+
+
+@router.post("/cancel/{project_id}", response_model=CancelResponse, summary="Cancel a project's active run")
+def cancel_training(project_id: str, service: ServiceDep, client: LimitedClientDep) -> CancelResponse:
+    run, project = service.cancel(project_id)
+    return CancelResponse(
+        run_id=run.id,
+        status=decisions.phase_label(run.phase),
+        project_status=project.status,
+        message=f"training run {run.name} cancelled",
+    )

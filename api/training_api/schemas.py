@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API (with the examples OpenAPI shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training_core.domain import LogEntry, Run
+from training_core.runspec import SUPPORTED_MODELS
+
+EXAMPLE_PROJECT = "3f2b6c1e-8d4a-4f6b-9c2e-1a7d5e9b0c34"
+EXAMPLE_RUN = "9b1c2d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
+EXAMPLE_MODEL_URL = "gs://automl-models/models/flowers_model.pth"
+
+
+class StartRequest(BaseModel):
+    """Start training a project. Values given here win over the project's metadata."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"project_id": EXAMPLE_PROJECT},
+                {"project_id": EXAMPLE_PROJECT, "model": "resnet50", "epochs": 20, "batch_size": 64},
+            ]
+        },
+    )
+
+    # A string, not a UUID: a malformed id is the caller's 400, not a schema 422.
+    project_id: str = Field(max_length=100, description="The project's id (a UUID).")
+    model: str | None = Field(
+        None, max_length=64, description=f"Architecture: one of {', '.join(SUPPORTED_MODELS)}."
+    )
+    epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
+    batch_size: int | None = Field(None, ge=1, description="Images per step (at most MAX_BATCH_SIZE).")
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"project_id"}, exclude_none=True)
+
+
+class StartResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "created": True,
+                    "run_id": EXAMPLE_RUN,
+                    "run_name": "train-3f2b6c1e-1a7d5e9b0c34-1",
+                    "status": "queued",
+                    "model_url": EXAMPLE_MODEL_URL,
+                    "status_url": f"/agents/training/status/{EXAMPLE_PROJECT}",
+                    "message": "training run train-3f2b6c1e-1a7d5e9b0c34-1 queued",
+                }
+            ]
+        }
+    )
+
+    success: bool = True
+    created: bool = Field(description="False when the project already had an active run (returned).")
+    run_id: UUID
+    run_name: str
+    status: str = Field(description="The run's phase, lower-case: queued, pending, running, …")
+    model_url: str | None = Field(description="Where the run writes its model.")
+    status_url: str
+    message: str
+
+
+class RunView(BaseModel):
+    id: UUID
+    name: str
+    phase: str
+    attempt: int
+    model: str | None = None
+    epochs: int | None = None
+    model_url: str | None = None
+    error: str | None = None
+    progress: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> RunView:
+        return cls(
+            **run.model_dump(include={"id", "name", "attempt", "model_url", "error", "progress"}),
+            phase=run.phase.value,
+            model=run.spec.get("model"),
+            epochs=run.spec.get("epochs"),
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+
+
+class ProgressView(BaseModel):
+    epoch: int | None = None
+    total_epochs: int | None = None
+    loss: float | None = None
+    val_accuracy: float | None = None
+    images_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class LogView(BaseModel):
+    message: str
+    level: str
+    agent: str
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, entry: LogEntry) -> LogView:
+        return cls(
+            message=entry.message,
+            level=entry.log_level,
+            agent=entry.agent_name,
+            created_at=entry.created_at,
+        )
+
+
+class StatusResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "project_id": EXAMPLE_PROJECT,
+                    "project_status": "training",
+                    "status": "running",
+                    "progress": {
+                        "epoch": 3,
+                        "total_epochs": 10,
+                        "loss": 0.41,
+                        "val_accuracy": 0.87,
+                        "images_per_second": 812.5,
+                        "eta_seconds": 95,
+                    },
+                    "run": {"id": EXAMPLE_RUN, "name": "train-3f2b6c1e-1a7d5e9b0c34-1",
+                            "phase": "Running", "attempt": 1, "model": "resnet18", "epochs": 10,
+                            "model_url": EXAMPLE_MODEL_URL, "error": None, "progress": {}},
+                    "model_url": EXAMPLE_MODEL_URL,
+                    "logs": [{"message": "Epoch 3/10: loss 0.41, val accuracy 0.87",
+                              "level": "info", "agent": "training-agent",
+                              "created_at": "2026-11-26T22:50:00Z"}],
+                }
+            ]
+        }
+    )
+
+    success: bool = True
+    project_id: UUID
+    project_status: str
+    status: str = Field(description="The latest run's phase, lower-case, or 'not_started'.")
+    progress: ProgressView
+    run: RunView | None
+    model_url: str | None
+    logs: list[LogView] = Field(description="The newest agent_logs lines, newest first.")
+
+
+class CancelResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "run_id": EXAMPLE_RUN,
+                    "status": "cancelled",
+                    "project_status": "pending_training",
+                    "message": "training run train-3f2b6c1e-1a7d5e9b0c34-1 cancelled",
+                }
+            ]
+        }
+    )
+
+    success: bool = True
+    run_id: UUID
+    status: str
+    project_status: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": False,
+                    "error": {
+                        "code": "invalid_project_status",
+                        "message": "project is 'trained'; training starts from 'pending_training'",
+                    },
+                }
+            ]
+        }
+    )
+
+    success: bool = False
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"

@@ -1,0 +1,209 @@
+"""Start, status and cancel: the store and launcher calls around the pure decisions.
+
+Every refusal for a project that exists is also written to its ``agent_logs``, so the
+platform sees why a start or cancel was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from training_core.domain import ACTIVE_PHASES, LogEntry, Phase, Project, Run
+from training_core.errors import InvalidState, NotFound
+from training_core.launchers import Launcher, LauncherUnavailable
+from training_core.logs import bind
+from training_core.runspec import RunSpec
+from training_core.settings import Settings
+from training_core.store import NewRun, RunUpdate, Store
+from training_api import decisions
+from training_api.errors import ApiError, unavailable
+from training_api.metrics import ApiMetrics
+
+log = logging.getLogger(__name__)
+
+# A caller that lost the claim waits this long for the winner to record its run.
+RUN_VISIBLE_WITHIN_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Started:
+    run: Run
+    created: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    project: Project
+    run: Run | None
+    logs: list[LogEntry]
+
+
+class TrainingService:
+    def __init__(self, settings: Settings, store: Store, launcher: Launcher, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.launcher = launcher
+        self.metrics = metrics
+
+    # -- start ---------------------------------------------------------------------------
+    def start(self, project_id: str, overrides: dict[str, Any]) -> Started:
+        project = self._project(project_id)
+        with bind(project_id=project.id):
+            if project.status != self.settings.status_pending:
+                return self._existing_run(project)
+            try:
+                choice = self._choose(project, overrides)
+            except ApiError as error:
+                raise self._refused(project, error) from None
+            try:
+                self.store.claim_project(project.id, self.settings.status_pending, self.settings.status_training)
+            except InvalidState:  # another start won the claim a moment ago
+                return self._existing_run(self.store.get_project(project.id))
+            run, spec = self._record(project, choice)
+            self._launch(project, run, spec)
+            return Started(run=run, created=True)
+
+    def _choose(self, project: Project, overrides: dict[str, Any]) -> decisions.TrainingChoice:
+        try:
+            dataset = self.store.get_dataset(project.id)
+        except NotFound:
+            raise ApiError(404, "dataset_not_found", "the project has no dataset") from None
+        return decisions.resolve_training(project, dataset, overrides, self.settings)
+
+    def _record(self, project: Project, choice: decisions.TrainingChoice) -> tuple[Run, RunSpec]:
+        """Record the run the claim allows; if that fails, give the claim back."""
+        try:
+            previous = self.store.get_latest_run(project.id)
+            spec = decisions.plan_run(choice, project, previous, uuid4(), self.settings)
+            run = self.store.create_run(
+                NewRun(
+                    id=spec.run_id,
+                    project_id=project.id,
+                    name=spec.run_name,
+                    attempt=previous.attempt + 1 if previous else 1,
+                    spec=spec.model_dump(mode="json"),
+                    model_url=spec.model_url,
+                )
+            )
+        except Exception:
+            self._release_claim(project)
+            raise
+        self.store.log(
+            project.id,
+            f"Training run {run.name} queued: {spec.model}, {spec.epochs} epochs, batch"
+            f" {spec.batch_size}, learning rate {spec.learning_rate:g}; model → {spec.model_url}",
+        )
+        return run, spec
+
+    def _launch(self, project: Project, run: Run, spec: RunSpec) -> None:
+        """Hand the run to the launcher; if it cannot take it, undo: nothing is left orphaned."""
+        try:
+            self.launcher.start(spec)
+        except LauncherUnavailable as error:
+            log.warning("launcher refused run %s: %s", run.name, error)
+            self.metrics.runs_failed.inc()
+            reason = f"the launcher could not start the run: {error}"
+            try:
+                self.store.update_run(
+                    run.id, RunUpdate(phase=Phase.FAILED, error=reason), expected=ACTIVE_PHASES
+                )
+            except InvalidState:
+                pass
+            self._release_claim(project)
+            self.store.log(project.id, f"Training run {run.name} failed to start: {reason}", "error")
+            raise unavailable("launcher_unavailable", "the launcher could not start the run; retry later") from None
+        self.metrics.runs_started.inc()
+
+    def _release_claim(self, project: Project) -> None:
+        try:
+            self.store.set_project_status(
+                project.id, self.settings.status_pending, expected=[self.settings.status_training]
+            )
+        except InvalidState:
+            pass
+
+    def _existing_run(self, project: Project) -> Started:
+        """An active run answers a repeated start; otherwise the project's status refuses it."""
+        if project.status != self.settings.status_training:
+            raise self._refused(project, decisions.wrong_status(project, self.settings))
+        # The winner of a concurrent claim records its run within moments; wait for it.
+        deadline = time.monotonic() + RUN_VISIBLE_WITHIN_SECONDS
+        while True:
+            run = self.store.get_latest_run(project.id)
+            if run is not None and run.phase.is_active:
+                return Started(run=run, created=False)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        raise self._refused(
+            project,
+            ApiError(
+                409,
+                "no_active_run",
+                f"project is {project.status!r} but has no active run; set it back to"
+                f" {self.settings.status_pending!r} to train again",
+            ),
+        )
+
+    # -- status --------------------------------------------------------------------------
+    def status(self, project_id: str, logs: int) -> Status:
+        if not 0 <= logs <= self.settings.status_logs_max:
+            raise ApiError(422, "invalid_parameter", f"logs must be between 0 and {self.settings.status_logs_max}")
+        project = self._project(project_id)
+        run = self.store.get_latest_run(project.id)
+        entries = self.store.get_logs(project.id, logs) if logs else []
+        return Status(project=project, run=run, logs=entries)
+
+    # -- cancel --------------------------------------------------------------------------
+    def cancel(self, project_id: str) -> tuple[Run, Project]:
+        """Stop the active run: the launcher first (so nothing keeps training), then the records."""
+        project = self._project(project_id)
+        with bind(project_id=project.id):
+            run = self.store.get_latest_run(project.id)
+            if run is None or not run.phase.is_active:
+                latest = f" (latest run is {run.phase.value})" if run else ""
+                raise self._refused(
+                    project, ApiError(409, "no_active_run", f"the project has no active run{latest}")
+                )
+            try:
+                self.launcher.cancel(run)
+            except LauncherUnavailable as error:
+                log.warning("launcher could not cancel run %s: %s", run.name, error)
+                self.store.log(project.id, f"Cancel of {run.name} failed: {error}; retry", "error")
+                raise unavailable("launcher_unavailable", "the launcher could not stop the run; retry later") from None
+            try:
+                run = self.store.update_run(
+                    run.id,
+                    RunUpdate(phase=Phase.CANCELLED, error="cancelled on request"),
+                    expected=ACTIVE_PHASES,
+                )
+            except InvalidState as error:
+                raise self._refused(
+                    project,
+                    ApiError(409, "run_finished", f"the run ended before it could be cancelled ({error.actual})"),
+                ) from None
+            try:
+                project = self.store.set_project_status(
+                    project.id, self.settings.status_after_cancel, expected=[self.settings.status_training]
+                )
+            except InvalidState:
+                project = self.store.get_project(project.id)
+            self.store.log(project.id, f"Training run {run.name} cancelled on request")
+            return run, project
+
+    # -- helpers -------------------------------------------------------------------------
+    def _project(self, project_id: str) -> Project:
+        uuid: UUID = decisions.parse_project_id(project_id)
+        try:
+            return self.store.get_project(uuid)
+        except NotFound:
+            raise ApiError(404, "project_not_found", f"project {uuid} not found") from None
+
+    def _refused(self, project: Project, error: ApiError) -> ApiError:
+        """Write the refusal to the project's agent_logs too, then hand it back to raise."""
+        self.store.log(project.id, f"Request refused ({error.code}): {error.message}", "warning")
+        return error

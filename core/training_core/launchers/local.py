@@ -1,0 +1,407 @@
+"""``LocalLauncher``: runs are child processes of the API on one machine.
+
+It plays, for one machine, the part the operator plays on Kubernetes:
+
+- each run is ``python -m trainer`` in its own process group, with the environment contract
+  of the Job (``RunSpec.to_env()`` plus the agent's settings), output in
+  ``LOCAL_RUNS_DIR/<run>/trainer.log``;
+- at most ``LOCAL_MAX_CONCURRENT`` run at a time; the rest wait in a FIFO queue;
+- cancel is SIGTERM to the process group (the trainer checkpoints and exits), SIGKILL after a
+  grace period;
+- a watcher thread reads exit codes: 0 and 65 mean the trainer recorded its own outcome
+  (anything still active is marked Failed); 75 (interrupted) re-queues the run, which resumes
+  from its checkpoint, at most ``backoff_limit`` times; any other end (a crash, a signal) marks
+  the run Failed and the project failed. Every update is conditional on the run still being
+  active, so it never overwrites what the trainer wrote.
+- restart-safe: on start-up every active run is looked at. A trainer still alive (pid and
+  process start time recorded in ``<run>/pid``) is adopted and watched; any other active run
+  is re-queued, so it resumes from its checkpoint (the trainer is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+from pydantic import SecretStr, ValidationError
+
+from training_core.domain import ACTIVE_PHASES, Phase, Run
+from training_core.errors import InvalidState, StoreUnavailable
+from training_core.launchers.base import Launcher, LauncherUnavailable
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
+from training_core.settings import Settings
+from training_core.store.base import RunUpdate, Store
+
+log = logging.getLogger(__name__)
+
+_SAFE_RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Settings the trainer must not see: the API's own secrets.
+_PRIVATE_SETTINGS = frozenset({"api_tokens"})
+
+
+# -- pure decisions ------------------------------------------------------------------------
+class ExitAction(StrEnum):
+    RECORDED = "recorded"  # the trainer wrote its outcome (0 or 65); check nothing is left active
+    RETRY = "retry"  # interrupted: queue again, resume from the checkpoint
+    FAIL = "fail"  # crashed or out of retries: the launcher records the failure
+    IGNORE = "ignore"  # cancelled on purpose: the cancel request records it
+
+
+def exit_action(
+    returncode: int | None, *, cancelled: bool, retries: int, retry_limit: int
+) -> ExitAction:
+    """What to do when a trainer process ends (``returncode`` None: it vanished unseen)."""
+    if cancelled:
+        return ExitAction.IGNORE
+    if returncode in (EXIT_OK, EXIT_DO_NOT_RETRY):
+        return ExitAction.RECORDED
+    if returncode in (EXIT_RETRY, None):
+        return ExitAction.RETRY if retries < retry_limit else ExitAction.FAIL
+    return ExitAction.FAIL
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "the trainer process disappeared"
+    if returncode < 0:
+        return f"the trainer process was killed by {signal.Signals(-returncode).name}"
+    return f"the trainer process exited with code {returncode}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, as a Job's ConfigMap and Secret carry them."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if name in _PRIVATE_SETTINGS or value is None:
+            continue
+        env[name.upper()] = _env_value(value)
+    return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_env_value(item) for item in value)
+    return str(value)
+
+
+# -- processes -----------------------------------------------------------------------------
+@dataclass
+class _Child:
+    spec: RunSpec
+    pid: int
+    process: subprocess.Popen[bytes] | None = None  # None: adopted after a restart
+    created: float | None = None
+    kill_at: float | None = None  # set by cancel: SIGKILL if still alive then
+
+    def returncode(self) -> tuple[bool, int | None]:
+        """``(ended, code)``; an adopted process is not ours to wait for, so its code is unknown."""
+        if self.process is not None:
+            code = self.process.poll()
+            return code is not None, code
+        return not _alive(self.pid, self.created), None
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pid: int, created: float | None) -> bool:
+    """The process exists and is the one we started (a reused pid has another start time)."""
+    try:
+        process = psutil.Process(pid)
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and (created is None or abs(process.create_time() - created) < 0.05)
+        )
+    except psutil.Error:
+        return False
+
+
+class LocalLauncher(Launcher):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        command: list[str] | None = None,
+        grace_seconds: float = 10.0,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._command = command or [sys.executable, "-m", "trainer"]
+        self._grace = grace_seconds
+        self._poll = poll_seconds
+        self._runs_dir = settings.local_runs_dir.resolve()
+        self._runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._queue: deque[RunSpec] = deque()
+        self._children: dict[UUID, _Child] = {}
+        self._cancelled: set[UUID] = set()
+        self._retries: Counter[UUID] = Counter()
+        self._recovered = False
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="local-launcher", daemon=True)
+        self._watcher.start()
+
+    # -- the interface -------------------------------------------------------------------
+    def start(self, spec: RunSpec) -> None:
+        self._run_dir(spec.run_name)  # refuses an unsafe name before anything is queued
+        with self._lock:
+            if spec.run_id in self._children or any(q.run_id == spec.run_id for q in self._queue):
+                return
+            self._queue.append(spec)
+        self._wake.set()
+
+    def cancel(self, run: Run) -> None:
+        with self._lock:
+            self._cancelled.add(run.id)
+            self._queue = deque(spec for spec in self._queue if spec.run_id != run.id)
+            child = self._children.get(run.id)
+            if child is not None and child.kill_at is None:
+                child.kill_at = time.monotonic() + self._grace
+                child.signal_group(signal.SIGTERM)
+                log.info("sent SIGTERM to run %s (pid %s)", run.name, child.pid)
+        self._wake.set()
+
+    def describe(self, run: Run) -> dict[str, Any] | None:
+        with self._lock:
+            child = self._children.get(run.id)
+            queued = any(spec.run_id == run.id for spec in self._queue)
+        log_path = self._runs_dir / run.name / "trainer.log"
+        if child is None and not queued and not log_path.exists():
+            return None
+        state = "running" if child else "queued" if queued else "ended"
+        if child is not None and child.kill_at is not None:
+            state = "stopping"
+        return {"state": state, "pid": child.pid if child else None, "log": str(log_path)}
+
+    def ping(self) -> None:
+        if not self._watcher.is_alive():
+            raise LauncherUnavailable("the local launcher's watcher has stopped")
+        if not os.access(self._runs_dir, os.W_OK):
+            raise LauncherUnavailable(f"{self._runs_dir} is not writable")
+
+    def close(self) -> None:
+        """Stop watching and stop the trainers (they checkpoint on SIGTERM).
+
+        Their runs stay active in the store: the next start re-queues them and they resume.
+        """
+        self._stop.set()
+        self._wake.set()
+        self._watcher.join(timeout=5)
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+            self._queue.clear()
+        for child in children:
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self._grace
+        for child in children:
+            while time.monotonic() < deadline and not child.returncode()[0]:
+                time.sleep(0.05)
+            if not child.returncode()[0]:
+                child.signal_group(signal.SIGKILL)
+                if child.process is not None:
+                    child.process.wait()
+
+    # -- the watcher ---------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("local launcher: watcher step failed; retrying")
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        if not self._recovered:
+            self._recover()
+        for child, code in self._reap():
+            self._on_exit(child, code)
+        self._fill_slots()
+
+    def _reap(self) -> list[tuple[_Child, int | None]]:
+        ended = []
+        now = time.monotonic()
+        with self._lock:
+            for run_id, child in list(self._children.items()):
+                done, code = child.returncode()
+                if done:
+                    del self._children[run_id]
+                    ended.append((child, code))
+                elif child.kill_at is not None and now >= child.kill_at:
+                    child.signal_group(signal.SIGKILL)
+        return ended
+
+    def _fill_slots(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if len(self._children) >= self._settings.local_max_concurrent or not self._queue:
+                    return
+                spec = self._queue.popleft()
+                if spec.run_id in self._cancelled:
+                    continue
+                child = self._spawn(spec)
+                if child is not None:
+                    self._children[spec.run_id] = child
+
+    def _spawn(self, spec: RunSpec) -> _Child | None:
+        try:
+            self._store.update_run(
+                spec.run_id, RunUpdate(phase=Phase.RUNNING), expected=ACTIVE_PHASES
+            )
+        except InvalidState:
+            return None  # cancelled or ended while it waited
+        except StoreUnavailable:
+            self._queue.appendleft(spec)  # try again on the next tick
+            raise
+        run_dir = self._run_dir(spec.run_name)
+        run_dir.mkdir(exist_ok=True, mode=0o700)
+        try:
+            with (run_dir / "trainer.log").open("ab") as output:
+                process = subprocess.Popen(  # noqa: S603 - a fixed command, no shell
+                    self._command,
+                    env=self._env(spec),
+                    cwd=run_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: cancel reaches its workers
+                )
+        except OSError as error:
+            self._fail(spec, f"could not start the trainer: {error.strerror or error}")
+            return None
+        created = psutil.Process(process.pid).create_time()
+        (run_dir / "pid").write_text(f"{process.pid} {created}\n")
+        log.info("started run %s as pid %s", spec.run_name, process.pid)
+        return _Child(spec=spec, pid=process.pid, process=process, created=created)
+
+    def _env(self, spec: RunSpec) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if k.lower() not in _PRIVATE_SETTINGS}
+        return {
+            **inherited,
+            **settings_env(self._settings),
+            **spec.to_env(),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _on_exit(self, child: _Child, code: int | None) -> None:
+        spec = child.spec
+        with self._lock:
+            cancelled = spec.run_id in self._cancelled
+            self._cancelled.discard(spec.run_id)
+        action = exit_action(
+            code,
+            cancelled=cancelled,
+            retries=self._retries[spec.run_id],
+            retry_limit=spec.backoff_limit,
+        )
+        log.info("run %s ended (%s): %s", spec.run_name, describe_exit(code), action.value)
+        if action is ExitAction.RETRY:
+            self._retry(spec, code)
+        elif action is ExitAction.RECORDED:
+            self._fail(spec, f"{describe_exit(code)} without recording an outcome")
+        elif action is ExitAction.FAIL:
+            self._fail(spec, f"{describe_exit(code)} before finishing the run")
+
+    def _retry(self, spec: RunSpec, code: int | None) -> None:
+        self._retries[spec.run_id] += 1
+        attempt = self._retries[spec.run_id]
+        try:
+            self._store.update_run(spec.run_id, RunUpdate(phase=Phase.PENDING), expected=ACTIVE_PHASES)
+        except InvalidState:
+            return
+        self._store.log(
+            spec.project_id,
+            f"Run {spec.run_name}: {describe_exit(code)}; resuming from its checkpoint"
+            f" (retry {attempt} of {spec.backoff_limit})",
+            "warning",
+        )
+        with self._lock:
+            self._queue.append(spec)
+
+    def _fail(self, spec: RunSpec, reason: str) -> None:
+        """Record a failure the trainer could not, unless the run already ended."""
+        message = f"{reason}; see {self._runs_dir / spec.run_name / 'trainer.log'}"
+        try:
+            self._store.update_run(
+                spec.run_id, RunUpdate(phase=Phase.FAILED, error=message), expected=ACTIVE_PHASES
+            )
+        except InvalidState:
+            return  # the trainer recorded its outcome: nothing to add
+        try:
+            self._store.set_project_status(
+                spec.project_id,
+                self._settings.status_failed,
+                expected=[self._settings.status_training],
+            )
+        except InvalidState:
+            pass
+        self._store.log(spec.project_id, f"Run {spec.run_name} failed: {message}", "error")
+
+    # -- restart safety ------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Adopt trainers that outlived a previous API process; re-queue the other active runs."""
+        runs = self._store.list_active_runs()
+        with self._lock:
+            for run in runs:
+                if run.id in self._children or any(q.run_id == run.id for q in self._queue):
+                    continue
+                try:
+                    spec = RunSpec.model_validate(run.spec)
+                except ValidationError:
+                    self._mark_unrunnable(run)
+                    continue
+                pid, created = self._recorded_pid(run.name)
+                if pid is not None and _alive(pid, created):
+                    self._children[run.id] = _Child(spec=spec, pid=pid, created=created)
+                    log.info("adopted run %s (pid %s)", run.name, pid)
+                else:
+                    self._queue.append(spec)
+                    log.info("re-queued run %s", run.name)
+            self._recovered = True
+
+    def _mark_unrunnable(self, run: Run) -> None:
+        reason = "its recorded spec is not valid, so it cannot be resumed"
+        try:
+            self._store.update_run(
+                run.id, RunUpdate(phase=Phase.FAILED, error=reason), expected=ACTIVE_PHASES
+            )
+        except InvalidState:
+            return
+        self._store.log(run.project_id, f"Run {run.name} failed: {reason}", "error")
+
+    def _recorded_pid(self, name: str) -> tuple[int | None, float | None]:
+        try:
+            pid, created = (self._run_dir(name) / "pid").read_text().split()
+            return int(pid), float(created)
+        except (OSError, ValueError, LauncherUnavailable):
+            return None, None
+
+    def _run_dir(self, name: str) -> Path:
+        if not _SAFE_RUN_NAME.match(name):
+            raise LauncherUnavailable(f"refusing unsafe run name {name!r}")
+        return self._runs_dir / name
