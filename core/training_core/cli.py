@@ -64,6 +64,31 @@ def demo(
     raise typer.Exit(0 if result.phase == "Succeeded" else 1)
 
 
+@app.command()
+def serve(
+    local: bool = typer.Option(
+        False, "--local", help="On this machine: embedded Postgres, folder bucket, trainer processes."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Accept requests without a token when API_TOKENS is empty."
+    ),
+) -> None:
+    """Serve the HTTP API (start, status and cancel training runs)."""
+    from training_api import server
+
+    if local:
+        token_file = server.use_local_stack()
+        typer.echo(f"Local stack ready; the API token is in {token_file}", err=True)
+    settings = settings_or_exit()
+    try:
+        server.run(settings, host=host, port=port, insecure=insecure)
+    except SettingsError as error:
+        typer.secho(str(error), err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     try:
         app()
