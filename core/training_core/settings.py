@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     upload_retries: int = Field(3, ge=0, le=20)
     retry_initial_delay_seconds: float = Field(0.5, gt=0, le=60)
     retry_max_delay_seconds: float = Field(30.0, gt=0, le=600)
+    # Uploads larger than one chunk are resumable, sent in chunks of this size (GCS wants
+    # a multiple of 256 KiB); smaller ones go in a single request.
+    upload_chunk_bytes: int = Field(16 * 2**20, ge=256 * 2**10, le=2**30, multiple_of=256 * 2**10)
 
     # --- intake limits ------------------------------------------------------------------
     max_download_bytes: int = Field(20 * 2**30, gt=0)

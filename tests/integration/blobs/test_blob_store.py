@@ -15,7 +15,7 @@ from training_core.errors import BlobExists, BlobNotFound, BlobTooLarge, Checksu
 from training_core.settings import load_settings
 
 
-@pytest.fixture(params=["file"])
+@pytest.fixture(params=["file", "gs"])
 def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty bucket URL for each test, for each adapter."""
     if request.param == "file":
