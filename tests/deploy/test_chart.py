@@ -1,0 +1,303 @@
+"""The Helm chart: it lints, installs into a Kubernetes API, and every object it makes is
+valid for Kubernetes and wired to what the agent's code reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy import helm
+from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
+from tests.deploy.kube_api import KubeAPI, running_kube_api
+from training_core.settings import load_settings
+from training_operator.config import OperatorConfig
+
+Install = Callable[..., list[dict[str, Any]]]
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current GKE one.
+KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
+SERVICE_MONITOR_SCHEMA = json.loads(Path(__file__).with_name("servicemonitor.schema.json").read_text())
+OPERATOR_CRD = helm.REPO / "operator" / "training_operator" / "crd.yaml"
+CHART_CRD = helm.CHART / "crds" / "trainingruns.training.automl.dev.yaml"
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str, component: str) -> dict[str, Any]:
+    [found] = [
+        obj
+        for obj in by_kind(objects, kind)
+        if obj["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return found
+
+
+def container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    [only] = one(objects, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(container_spec: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container_spec["env"]}
+
+
+# -- lint and render ---------------------------------------------------------------------------
+@pytest.mark.parametrize("values", [REQUIRED, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_chart_lints_without_warnings(values: dict[str, Any], tmp_path: Path) -> None:
+    chart = helm.chart_with_values(values, tmp_path)
+    result = helm.lint(chart, tmp_path)
+    problems = [m for m in result["Messages"] if m["Severity"] >= helm.LINT_WARNING]
+    assert problems == [] and not result["Errors"], result
+
+
+@pytest.mark.parametrize("values", [REQUIRED, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_every_rendered_object_is_valid_kubernetes(
+    values: dict[str, Any], install: Install, kube_api: KubeAPI
+) -> None:
+    objects = install(values)
+    for obj in objects:
+        if obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            continue
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    # Everything rendered reached the API server, the CRD (from crds/) first.
+    stored = {(obj["kind"], obj["metadata"]["name"]) for obj in kube_api.objects()}
+    assert {(obj["kind"], obj["metadata"]["name"]) for obj in objects} <= stored
+    assert ("CustomResourceDefinition", "trainingruns.training.automl.dev") in stored
+
+
+def test_default_install_makes_the_core_objects(install: Install) -> None:
+    kinds = sorted(obj["kind"] for obj in install(REQUIRED))
+    assert kinds == sorted(
+        ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "Role", "Role",
+         "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount",
+         "ServiceAccount"]
+    )
+
+
+def test_everything_on_adds_ingress_monitoring_and_network_policies(install: Install) -> None:
+    objects = install(EVERYTHING_ON)
+    [ingress] = by_kind(objects, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "gce"
+    assert ingress["spec"]["tls"] == [{"hosts": ["training.acme.example"], "secretName": "training-acme-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == one(objects, "Service", "api")["metadata"]["name"]
+
+    [monitor] = by_kind(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["port"] == "http"
+    assert endpoint["authorization"]["credentials"] == {"name": "training-agent-api-tokens", "key": "API_TOKENS"}
+
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(objects, "NetworkPolicy")}
+    assert set(policies) == {"api", "operator", "trainer"}
+    assert policies["operator"]["ingress"] == [] and policies["trainer"]["ingress"] == []
+    assert policies["api"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
+    # The trainer policy selects the pods the operator's Jobs make.
+    from training_operator.builders import job_labels
+
+    pod_labels = job_labels("run-1", "project-1")
+    assert policies["trainer"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    for spec in policies.values():
+        ports = spec["egress"][0]["ports"]
+        assert {"protocol": "TCP", "port": 443} in ports and {"protocol": "UDP", "port": 53} in ports
+
+
+def test_the_chart_ships_the_operators_crd_unchanged() -> None:
+    assert CHART_CRD.read_bytes() == OPERATOR_CRD.read_bytes(), "run `make chart-crds`"
+
+
+def test_the_crd_is_a_valid_custom_resource_definition() -> None:
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(crd, version, strict=True)
+
+
+# -- what the pods read --------------------------------------------------------------------------
+def test_settings_configmap_loads_as_the_agents_settings(
+    install: Install, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = install(EVERYTHING_ON)
+    data = one(objects, "ConfigMap", "settings")["data"]
+    # Whole numbers stay whole (YAML numbers reach templates as floats).
+    assert data["MAX_DOWNLOAD_BYTES"] == "53687091200"
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-role-key")
+    settings = load_settings()
+    assert settings.launcher == "kubernetes"
+    assert settings.namespace == NAMESPACE
+    assert settings.resolved_store_backend == "supabase"
+    assert settings.bucket_url == "gs://acme-automl-datasets"
+    assert settings.log_format == "json"
+    assert settings.max_download_bytes == 53687091200
+    assert settings.default_learning_rate == 0.0005
+
+
+def test_every_container_reads_the_settings_and_secrets_by_reference(install: Install) -> None:
+    objects = install(EVERYTHING_ON)
+    configmap = one(objects, "ConfigMap", "settings")["metadata"]["name"]
+    for component in ("api", "operator"):
+        spec = container(objects, component)
+        assert spec["envFrom"] == [{"configMapRef": {"name": configmap}}]
+        env = env_of(spec)
+        assert env["SUPABASE_SERVICE_ROLE_KEY"] == {
+            "secretKeyRef": {"name": "training-agent-supabase", "key": "SUPABASE_SERVICE_ROLE_KEY"}
+        }
+    assert env_of(container(objects, "api"))["API_TOKENS"] == {
+        "secretKeyRef": {"name": "training-agent-api-tokens", "key": "API_TOKENS"}
+    }
+    assert not by_kind(objects, "Secret"), "the chart must never hold secret values"
+
+
+@pytest.mark.parametrize("watch_all", [False, True])
+def test_operator_environment_is_a_valid_operator_config(
+    watch_all: bool, install: Install, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = helm.deep_merge(EVERYTHING_ON, {"operator": {"watchAllNamespaces": watch_all}})
+    objects = install(values)
+    env = env_of(container(objects, "operator"))
+    operator_env = {k: v for k, v in env.items() if k.startswith("OPERATOR_")}
+    unknown = {k for k in operator_env if k.removeprefix("OPERATOR_").lower() not in OperatorConfig.model_fields}
+    assert not unknown, f"the operator reads no such settings: {unknown}"
+    for name, value in operator_env.items():
+        monkeypatch.setenv(name, value)
+    config = OperatorConfig()
+
+    assert config.namespaces == ([] if watch_all else [NAMESPACE])
+    assert config.trainer_image == (
+        "europe-west4-docker.pkg.dev/acme-ml/training-agent/training-agent-trainer:0.1.0"
+    )
+    assert config.service_account == one(objects, "ServiceAccount", "trainer")["metadata"]["name"]
+    assert config.settings_configmap == one(objects, "ConfigMap", "settings")["metadata"]["name"]
+    assert (config.secret_name, config.secret_key_supabase) == ("training-agent-supabase", "SUPABASE_SERVICE_ROLE_KEY")
+    assert config.priority_class == "training-batch"
+    assert config.run_as_user == 10001
+    port = container(objects, "operator")["ports"][0]
+    assert port["containerPort"] == config.liveness_port
+    role_kinds = {obj["kind"] for obj in objects if obj["metadata"]["name"].endswith("-operator")}
+    assert ("ClusterRole" in role_kinds) is watch_all and ("Role" in role_kinds) is not watch_all
+
+
+def test_pods_are_locked_down(install: Install) -> None:
+    for deployment in by_kind(install(EVERYTHING_ON), "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for spec in pod["containers"]:
+            context = spec["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert {"name": "tmp", "mountPath": "/tmp"} in spec["volumeMounts"]
+            assert spec["resources"]["limits"]["memory"]
+
+
+def test_operator_runs_alone_and_the_api_stays_available(install: Install) -> None:
+    objects = install(EVERYTHING_ON)
+    operator = one(objects, "Deployment", "operator")["spec"]
+    assert operator["replicas"] == 1 and operator["strategy"] == {"type": "Recreate"}
+    assert operator["template"]["spec"]["containers"][0]["args"] == ["operator"]
+
+    api = one(objects, "Deployment", "api")["spec"]
+    assert api["replicas"] == 3
+    probes = api["template"]["spec"]["containers"][0]
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
+    pdb = one(objects, "PodDisruptionBudget", "api")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= api["template"]["metadata"]["labels"].items()
+
+
+def test_service_accounts_and_workload_identity(install: Install) -> None:
+    objects = install(EVERYTHING_ON)
+    trainer = one(objects, "ServiceAccount", "trainer")
+    assert trainer["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "training-jobs@acme-ml.iam.gserviceaccount.com"
+    }
+    assert trainer["automountServiceAccountToken"] is False  # the trainer never calls Kubernetes
+    assert trainer["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    api = one(objects, "ServiceAccount", "api")
+    assert api["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].startswith("training-api@")
+    assert "annotations" not in one(objects, "ServiceAccount", "operator")["metadata"]
+
+
+# -- values that must be refused -----------------------------------------------------------------
+BAD_VALUES = [
+    ({"trainer": {"gpu": {"count": -1}}}, "/trainer/gpu/count", "minimum"),
+    ({"trainer": {"gpu": {"acceleratorType": "NVIDIA L4"}}}, "/trainer/gpu/acceleratorType", "does not match"),
+    ({"trainer": {"gpu": {"count": "two"}}}, "/trainer/gpu/count", "got string, want integer"),
+    ({"config": {"BUCKET_URL": "s3://acme-datasets"}}, "/config/BUCKET_URL", "does not match"),
+    ({"config": {"SUPABASE_SERVICE_ROLE_KEY": "secret!"}}, "/config", "SUPABASE_SERVICE_ROLE_KEY"),
+    ({"config": {"LOG_LEVEL": "LOUD"}}, "/config/LOG_LEVEL", "must be one of"),
+    ({"secrets": {"supabase": {"existingSecret": ""}}}, "/secrets/supabase/existingSecret", "minLength"),
+    ({"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot", ""),
+    ({"api": {"replica": 2}}, "/api", "replica"),
+    ({"trainer": {"serviceAccount": {"gcpServiceAccount": "jobs@gmail.com"}}},
+     "/trainer/serviceAccount/gcpServiceAccount", "does not match"),
+]
+
+
+@pytest.mark.parametrize(("bad", "where", "what"), BAD_VALUES, ids=[w + ":" + (m or "const") for _, w, m in BAD_VALUES])
+def test_bad_values_are_refused_with_a_clear_message(
+    bad: dict[str, Any], where: str, what: str, install: Install, kube_api: KubeAPI
+) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        install(helm.deep_merge(REQUIRED, bad))
+    message = str(refused.value)
+    assert "values don't meet the specifications of the schema" in message
+    assert f"at '{where}'" in message and what in message, message
+    # Nothing was installed (Helm puts crds/ in place before it reads the values).
+    assert [obj["kind"] for obj in kube_api.objects()] == ["CustomResourceDefinition"]
+
+
+def test_missing_required_settings_are_named(install: Install) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        install({})
+    assert "/config/BUCKET_URL" in str(refused.value) and "/config/SUPABASE_URL" in str(refused.value)
+
+
+def test_ingress_without_host_is_refused(install: Install) -> None:
+    with pytest.raises(helm.HelmError, match="api.ingress.host is required"):
+        install(helm.deep_merge(REQUIRED, {"api": {"ingress": {"enabled": True}}}))
+
+
+def test_service_monitor_without_prometheus_operator_is_refused(tmp_path: Path) -> None:
+    with running_kube_api(service_monitor_crd=False) as api:
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+        with pytest.raises(helm.HelmError, match="needs the Prometheus Operator's ServiceMonitor CRD"):
+            helm.install(helm.deep_merge(REQUIRED, {"serviceMonitor": {"enabled": True}}), kubeconfig, NAMESPACE)
+
+
+# -- the schema follows the settings ---------------------------------------------------------
+# Settings the chart sets itself, takes from Secrets, or that do not apply in a cluster.
+NOT_IN_CONFIG = {
+    "STORE_BACKEND", "LAUNCHER", "NAMESPACE",  # set by the chart
+    "DATABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "API_TOKENS",  # secrets
+    "GOOGLE_APPLICATION_CREDENTIALS",  # GKE Workload Identity instead of key files
+    "SCRATCH_DIR",  # the operator mounts the Job's scratch volume and sets it
+    "LOCAL_MAX_CONCURRENT", "LOCAL_RUNS_DIR",  # the local launcher only
+}
+
+
+def test_config_schema_offers_every_setting() -> None:
+    from training_core.settings import Settings
+
+    schema = json.loads((helm.CHART / "values.schema.json").read_text())
+    offered = set(schema["properties"]["config"]["properties"])
+    expected = {name.upper() for name in Settings.model_fields} - NOT_IN_CONFIG
+    assert offered == expected, (
+        f"values.schema.json config lacks {sorted(expected - offered)} "
+        f"and offers unknown {sorted(offered - expected)}"
+    )

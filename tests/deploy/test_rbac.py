@@ -1,0 +1,82 @@
+"""Least privilege: the chart's Roles grant exactly the calls the agent's code makes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from tests.deploy.conftest import REQUIRED
+from tests.deploy.kube_api import KubeAPI
+from training_core.domain import Phase, Run, run_name
+from training_core.launchers.kubernetes import KubernetesLauncher
+from training_core.runspec import RunSpec
+
+Install = Callable[..., list[dict[str, Any]]]
+Grant = tuple[str, str, str]  # (api group, resource, verb)
+
+
+def grants(rules: list[dict[str, Any]]) -> set[Grant]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def role_of(objects: list[dict[str, Any]], component: str, kind: str = "Role") -> dict[str, Any]:
+    [role] = [
+        obj
+        for obj in objects
+        if obj["kind"] == kind and obj["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return role
+
+
+def bound_to_its_service_account(objects: list[dict[str, Any]], role: dict[str, Any]) -> bool:
+    binding_kind = role["kind"] + "Binding"
+    [binding] = [obj for obj in objects if obj["kind"] == binding_kind and obj["roleRef"]["name"] == role["metadata"]["name"]]
+    [subject] = binding["subjects"]
+    account_names = {obj["metadata"]["name"] for obj in objects if obj["kind"] == "ServiceAccount"}
+    return binding["roleRef"]["kind"] == role["kind"] and subject["name"] in account_names and subject["name"] == role["metadata"]["name"]
+
+
+def launcher_calls(kube_api: KubeAPI, namespace: str) -> set[Grant]:
+    """Every call the API's Kubernetes launcher makes, through each of its operations."""
+    configuration = client.Configuration()
+    configuration.host = kube_api.url
+    launcher = KubernetesLauncher(namespace, client.ApiClient(configuration))
+    project_id = uuid.uuid4()
+    spec = RunSpec(
+        run_id=uuid.uuid4(),
+        run_name=run_name(project_id, 1),
+        project_id=project_id,
+        dataset_url="gs://acme-automl-datasets/raw/dataset.zip",
+        model_url="gs://acme-automl-datasets/models/acme_model.pth",
+    )
+    run = Run(id=spec.run_id, project_id=project_id, name=spec.run_name, phase=Phase.QUEUED)
+    try:
+        launcher.ping()
+        launcher.start(spec)
+        launcher.start(spec)  # a retried start finds the TrainingRun the first one made
+        assert launcher.describe(run) is not None
+        launcher.cancel(run)
+        assert launcher.get(spec.run_name) is None
+    finally:
+        launcher.close()
+    return {call for call in kube_api.calls() if call[0] == "training.automl.dev"}
+
+
+def test_api_role_grants_exactly_what_the_launcher_calls(install: Install, kube_api: KubeAPI) -> None:
+    objects = install(REQUIRED)
+    role = role_of(objects, "api")
+    calls = launcher_calls(kube_api, "training")
+    assert calls, "the launcher made no calls"
+    assert grants(role["rules"]) == calls
+    assert bound_to_its_service_account(objects, role)
+
+
