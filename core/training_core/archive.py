@@ -109,12 +109,15 @@ def is_junk(path: PurePosixPath) -> bool:
 
 def check_member(member: Member, limits: ArchiveLimits) -> None:
     if member.kind in ("symlink", "hardlink"):
-        raise UnsafeMember(f"links are not allowed in a dataset archive: {member.name!r} is a {member.kind}")
+        raise UnsafeMember(
+            f"links are not allowed in a dataset archive: {member.name!r} is a {member.kind}"
+        )
     if member.kind in ("device", "other"):
         raise UnsafeMember(f"special files are not allowed in a dataset archive: {member.name!r}")
     if member.size > limits.max_entry_bytes:
         raise ArchiveTooLarge(
-            f"entry {member.name!r} is {member.size} bytes; the limit per file is {limits.max_entry_bytes}"
+            f"entry {member.name!r} is {member.size} bytes; "
+            f"the limit per file is {limits.max_entry_bytes}"
         )
     if member.compressed_size is not None:
         check_ratio(member.name, member.size, member.compressed_size, limits)
@@ -241,7 +244,9 @@ class _Extraction:
         try:
             fd = os.open(target, flags, 0o644)
         except FileExistsError:
-            raise UnsafeMember(f"{relative} appears twice in the archive (or as a folder too)") from None
+            raise UnsafeMember(
+                f"{relative} appears twice in the archive (or as a folder too)"
+            ) from None
         written = 0
         with os.fdopen(fd, "wb") as out:
             for chunk in read_chunks(source):
@@ -256,7 +261,8 @@ class _Extraction:
     def _check_written(self, relative: PurePosixPath, written: int) -> None:
         if written > self.limits.max_entry_bytes:
             raise ArchiveTooLarge(
-                f"entry {str(relative)!r} is over {self.limits.max_entry_bytes} bytes, the limit per file"
+                f"entry {str(relative)!r} is over {self.limits.max_entry_bytes} bytes, "
+                "the limit per file"
             )
         if self.bytes_written > self.limits.max_total_bytes:
             raise ArchiveTooLarge(
@@ -283,14 +289,18 @@ def _extract_zip(path: Path, job: _Extraction) -> None:
         infos = archive.infolist()
         if len(infos) > job.limits.max_entries:
             raise ArchiveTooLarge(
-                f"the archive has {len(infos)} entries, more than the limit of {job.limits.max_entries}"
+                f"the archive has {len(infos)} entries, "
+                f"more than the limit of {job.limits.max_entries}"
             )
         members = [(info, _zip_member(info)) for info in infos]
         admitted = [(info, member, job.admit(member)) for info, member in members]
-        declared = sum(member.size for _, member, where in admitted if where and member.kind == "file")
+        declared = sum(
+            member.size for _, member, where in admitted if where and member.kind == "file"
+        )
         if declared > job.limits.max_total_bytes:
             raise ArchiveTooLarge(
-                f"the archive declares {declared} bytes uncompressed; the limit is {job.limits.max_total_bytes}"
+                f"the archive declares {declared} bytes uncompressed; "
+                f"the limit is {job.limits.max_total_bytes}"
             )
         check_ratio("the archive", declared, archive_size, job.limits)
         ensure_free_space(job.dest, declared, job.limits.min_free_disk_bytes)
@@ -341,7 +351,9 @@ def extract_archive(path: Path, dest: Path, limits: ArchiveLimits) -> ExtractRep
     except BaseException as error:
         _discard(dest, remove_folder=created)
         if isinstance(error, _DAMAGED):
-            raise UnsupportedArchive(f"{path.name} is damaged or not a valid archive: {error}") from None
+            raise UnsupportedArchive(
+                f"{path.name} is damaged or not a valid archive: {error}"
+            ) from None
         raise
     return ExtractReport(dest, fmt, job.files, job.bytes_written, tuple(job.skipped))
 
@@ -359,4 +371,3 @@ def _discard(dest: Path, *, remove_folder: bool) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
-

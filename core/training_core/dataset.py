@@ -90,7 +90,9 @@ def describe_dataset(
     root = find_dataset_root(Path(root))
     classes = _class_folders(root / "train", "train")
     if not classes:
-        raise InvalidDataset("train/ has no class folders: put each class's images in train/<class>/")
+        raise InvalidDataset(
+            "train/ has no class folders: put each class's images in train/<class>/"
+        )
     if expected_num_classes is not None and len(classes) != expected_num_classes:
         raise InvalidDataset(
             f"the project expects {expected_num_classes} classes but train/ has {len(classes)}: "
@@ -99,7 +101,9 @@ def describe_dataset(
     index = {name: i for i, name in enumerate(classes)}
     samples = {split: _samples(root, split, index) for split in SPLITS if (root / split).is_dir()}
     if "val" not in samples and val_split is None:
-        raise InvalidDataset("val/ is missing: add val/<class>/ folders (or ask for a validation split)")
+        raise InvalidDataset(
+            "val/ is missing: add val/<class>/ folders (or ask for a validation split)"
+        )
     sizes = _image_sizes(root, [path for listing in samples.values() for path, _ in listing])
     splits = {
         split: SplitDescription(split, root / split, tuple(listing), _counts(listing, classes))
@@ -133,14 +137,18 @@ def find_dataset_root(root: Path) -> Path:
     folders = [entry for entry in entries if (root / entry).is_dir()]
     if len(folders) == 1 and (root / folders[0] / "train").is_dir():
         return root / folders[0]
-    found = ", ".join(f"{name}/" if (root / name).is_dir() else name for name in entries) or "nothing"
+    found = (
+        ", ".join(f"{name}/" if (root / name).is_dir() else name for name in entries) or "nothing"
+    )
     raise InvalidDataset(
         f"train/ is missing: expected train/ and val/ folders (optionally inside one top-level "
         f"folder), found {found}"
     )
 
 
-def split_samples(samples: Iterable[Sample], fraction: float, seed: int) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+def split_samples(
+    samples: Iterable[Sample], fraction: float, seed: int
+) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
     """A stratified split: ``fraction`` of each class (at least one image, never a class's
     last) goes to validation; the same samples and seed always give the same split."""
     by_class: dict[int, list[Sample]] = {}

@@ -10,6 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
@@ -39,8 +41,8 @@ class Settings(BaseSettings):
     upload_retries: int = Field(3, ge=0, le=20)
     retry_initial_delay_seconds: float = Field(0.5, gt=0, le=60)
     retry_max_delay_seconds: float = Field(30.0, gt=0, le=600)
-    # Uploads larger than one chunk are resumable, sent in chunks of this size (GCS wants
-    # a multiple of 256 KiB); smaller ones go in a single request.
+    # GCS uploads above 8 MiB are resumable, sent in chunks of this size (a multiple of
+    # 256 KiB, as GCS requires); a failed chunk costs at most one chunk of memory and time.
     upload_chunk_bytes: int = Field(16 * 2**20, ge=256 * 2**10, le=2**30, multiple_of=256 * 2**10)
 
     # --- intake limits ------------------------------------------------------------------
@@ -61,6 +63,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1, le=65536)
     image_size: int = Field(224, ge=16, le=1024)
     torch_compile: Literal["auto", "on", "off"] = "auto"
+
+    # --- a run's compute on Kubernetes (GKE GPU node pools) -------------------------------
+    default_gpu_count: int = Field(1, ge=0, le=16)
+    # Node label cloud.google.com/gke-accelerator, e.g. nvidia-l4; None: any GPU node.
+    default_accelerator: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    default_spot: bool = False  # Spot VMs: cheaper, preemptible (runs resume from checkpoints)
+    default_cpu: str = Field("4", pattern=r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
+    default_memory: str = Field("16Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 
     # --- project status names (the wider platform defines them) ------------------------
     status_pending: str = "pending_training"
@@ -98,6 +108,25 @@ class Settings(BaseSettings):
         """``API_TOKENS`` is a comma-separated list, so a Secret can hold several tokens."""
         if isinstance(value, str):
             return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local endpoint)")
+        return value.rstrip("/") if value else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _conninfo(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            conninfo_to_dict(value.get_secret_value())
+        except psycopg.Error:
+            # psycopg's own message may quote the string, password included: not echoed.
+            raise ValueError("is not a PostgreSQL connection string (postgresql://user:password@host:port/db)") from None
         return value
 
     @field_validator("bucket_url")

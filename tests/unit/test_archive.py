@@ -31,7 +31,9 @@ ROOMY = ArchiveLimits(
 )
 
 
-def make_zip(path: Path, entries: list[tuple[str, bytes] | zipfile.ZipInfo | tuple[zipfile.ZipInfo, bytes]]) -> Path:
+def make_zip(
+    path: Path, entries: list[tuple[str, bytes] | zipfile.ZipInfo | tuple[zipfile.ZipInfo, bytes]]
+) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for entry in entries:
             if isinstance(entry, zipfile.ZipInfo):
@@ -48,7 +50,9 @@ def zip_info(name: str, file_type: int, mode: int = 0o644) -> zipfile.ZipInfo:
     return info
 
 
-def make_tar(path: Path, entries: list[tuple[str, bytes] | tarfile.TarInfo], mode: str = "w:gz") -> Path:
+def make_tar(
+    path: Path, entries: list[tuple[str, bytes] | tarfile.TarInfo], mode: str = "w:gz"
+) -> Path:
     with tarfile.open(path, mode) as archive:
         for entry in entries:
             if isinstance(entry, tarfile.TarInfo):
@@ -87,20 +91,27 @@ def area(tmp_path: Path) -> Path:
 
 
 def outside_scratch(area: Path) -> dict[str, bytes]:
-    return {name: data for name, data in tree(area).items() if not name.startswith(("scratch/", "archives/"))}
+    return {
+        name: data
+        for name, data in tree(area).items()
+        if not name.startswith(("scratch/", "archives/"))
+    }
 
 
 # -- accepted archives ---------------------------------------------------------------------
 def test_zip_with_wrapper_and_junk_is_extracted_without_the_junk(area: Path) -> None:
-    archive = make_zip(area / "dataset.zip", [
-        ("flowers/train/rose/1.png", b"rose-1"),
-        ("flowers/train/tulip/1.png", b"tulip-1"),
-        ("flowers/val/rose/2.png", b"rose-2"),
-        ("__MACOSX/flowers/train/._1.png", b"resource fork"),
-        ("flowers/.DS_Store", b"finder"),
-        ("flowers/train/rose/.hidden.png", b"hidden"),
-        ("flowers/Thumbs.db", b"thumbs"),
-    ])
+    archive = make_zip(
+        area / "dataset.zip",
+        [
+            ("flowers/train/rose/1.png", b"rose-1"),
+            ("flowers/train/tulip/1.png", b"tulip-1"),
+            ("flowers/val/rose/2.png", b"rose-2"),
+            ("__MACOSX/flowers/train/._1.png", b"resource fork"),
+            ("flowers/.DS_Store", b"finder"),
+            ("flowers/train/rose/.hidden.png", b"hidden"),
+            ("flowers/Thumbs.db", b"thumbs"),
+        ],
+    )
     dest = area / "scratch" / "out"
     report = extract_archive(archive, dest, LIMITS)
 
@@ -111,19 +122,25 @@ def test_zip_with_wrapper_and_junk_is_extracted_without_the_junk(area: Path) -> 
     }
     assert (report.format, report.files, report.bytes_written) == ("zip", 3, 19)
     assert sorted(report.skipped) == [
-        "__MACOSX/flowers/train/._1.png", "flowers/.DS_Store", "flowers/Thumbs.db",
+        "__MACOSX/flowers/train/._1.png",
+        "flowers/.DS_Store",
+        "flowers/Thumbs.db",
         "flowers/train/rose/.hidden.png",
     ]
 
 
 @pytest.mark.parametrize("mode", ["w:gz", "w", "w:bz2", "w:xz"])
 def test_tar_archives_are_detected_by_content_not_name(area: Path, mode: str) -> None:
-    archive = make_tar(area / "upload.bin", [
-        tar_info("./", tarfile.DIRTYPE),
-        tar_info("./train", tarfile.DIRTYPE),
-        ("./train/cat/a.jpg", b"cat"),
-        ("./val/dog/b.jpg", b"dog"),
-    ], mode)
+    archive = make_tar(
+        area / "upload.bin",
+        [
+            tar_info("./", tarfile.DIRTYPE),
+            tar_info("./train", tarfile.DIRTYPE),
+            ("./train/cat/a.jpg", b"cat"),
+            ("./val/dog/b.jpg", b"dog"),
+        ],
+        mode,
+    )
     report = extract_archive(archive, area / "scratch" / "out", LIMITS)
     assert tree(area / "scratch" / "out") == {"train/cat/a.jpg": b"cat", "val/dog/b.jpg": b"dog"}
     assert (report.format, report.files) == ("tar", 2)
@@ -139,8 +156,11 @@ def test_extracted_files_are_plain_and_not_executable(area: Path) -> None:
 
 def test_limits_come_from_settings() -> None:
     settings = load_settings(
-        max_archive_entries=7, max_uncompressed_bytes=1000, max_entry_bytes=100,
-        max_compression_ratio=9.5, min_free_disk_bytes=3,
+        max_archive_entries=7,
+        max_uncompressed_bytes=1000,
+        max_entry_bytes=100,
+        max_compression_ratio=9.5,
+        min_free_disk_bytes=3,
     )
     assert ArchiveLimits.from_settings(settings) == ArchiveLimits(7, 1000, 100, 9.5, 3)
 
@@ -157,9 +177,21 @@ HOSTILE_ZIPS = {
     "fifo": ([zip_info("pipe", stat.S_IFIFO)], UnsafeMember, "special files"),
     "duplicate": ([("a.png", b"1"), ("a.png", b"2")], UnsafeMember, "appears twice"),
     "file and folder": ([("a", b"1"), ("a/b.png", b"2")], UnsafeMember, "both a file and a folder"),
-    "too many files": ([(f"f{i}.png", b"x") for i in range(51)], ArchiveTooLarge, "more than (the limit of )?50"),
-    "oversized entry": ([("big.png", os.urandom((2 << 20) + 1))], ArchiveTooLarge, "limit per file"),
-    "too many bytes": ([(f"f{i}.png", os.urandom(1 << 20)) for i in range(5)], ArchiveTooLarge, "declares"),
+    "too many files": (
+        [(f"f{i}.png", b"x") for i in range(51)],
+        ArchiveTooLarge,
+        "more than (the limit of )?50",
+    ),
+    "oversized entry": (
+        [("big.png", os.urandom((2 << 20) + 1))],
+        ArchiveTooLarge,
+        "limit per file",
+    ),
+    "too many bytes": (
+        [(f"f{i}.png", os.urandom(1 << 20)) for i in range(5)],
+        ArchiveTooLarge,
+        "declares",
+    ),
 }
 
 
@@ -184,15 +216,36 @@ HOSTILE_TARS = {
     "symlink": ([tar_info("train/link", tarfile.SYMTYPE, "/etc/passwd")], UnsafeMember, "symlink"),
     "symlink then write through it": (
         [tar_info("train", tarfile.SYMTYPE, "../neighbour"), ("train/keep.txt", b"pwned")],
-        UnsafeMember, "symlink",
+        UnsafeMember,
+        "symlink",
     ),
-    "hard link": ([("a.png", b"1"), tar_info("b.png", tarfile.LNKTYPE, "a.png")], UnsafeMember, "hardlink"),
-    "hard link outside": ([tar_info("passwd", tarfile.LNKTYPE, "/etc/passwd")], UnsafeMember, "hardlink"),
+    "hard link": (
+        [("a.png", b"1"), tar_info("b.png", tarfile.LNKTYPE, "a.png")],
+        UnsafeMember,
+        "hardlink",
+    ),
+    "hard link outside": (
+        [tar_info("passwd", tarfile.LNKTYPE, "/etc/passwd")],
+        UnsafeMember,
+        "hardlink",
+    ),
     "char device": ([tar_info("null", tarfile.CHRTYPE)], UnsafeMember, "special files"),
     "fifo": ([tar_info("pipe", tarfile.FIFOTYPE)], UnsafeMember, "special files"),
-    "too many files": ([(f"f{i}.png", b"x") for i in range(51)], ArchiveTooLarge, "more than (the limit of )?50"),
-    "oversized entry": ([("big.png", os.urandom((2 << 20) + 1))], ArchiveTooLarge, "limit per file"),
-    "too many bytes": ([(f"f{i}.png", os.urandom(1 << 20)) for i in range(5)], ArchiveTooLarge, "more than 4194304 bytes"),
+    "too many files": (
+        [(f"f{i}.png", b"x") for i in range(51)],
+        ArchiveTooLarge,
+        "more than (the limit of )?50",
+    ),
+    "oversized entry": (
+        [("big.png", os.urandom((2 << 20) + 1))],
+        ArchiveTooLarge,
+        "limit per file",
+    ),
+    "too many bytes": (
+        [(f"f{i}.png", os.urandom(1 << 20)) for i in range(5)],
+        ArchiveTooLarge,
+        "more than 4194304 bytes",
+    ),
 }
 
 
@@ -229,21 +282,26 @@ def test_tar_gz_bomb_is_stopped_while_streaming(area: Path) -> None:
 def test_a_refusal_empties_an_existing_scratch_folder_but_keeps_it(area: Path) -> None:
     dest = area / "scratch" / "out"
     dest.mkdir()
-    archive = make_zip(area / "x.zip", [("train/a.png", b"a"), ("train/b.png", b"b"), ("../c", b"c")])
+    archive = make_zip(
+        area / "x.zip", [("train/a.png", b"a"), ("train/b.png", b"b"), ("../c", b"c")]
+    )
     with pytest.raises(UnsafeMember):
         extract_archive(archive, dest, LIMITS)
     assert dest.is_dir() and list(dest.iterdir()) == []
 
 
 def test_streaming_tar_refusal_removes_what_was_already_written(area: Path) -> None:
-    archive = make_tar(area / "x.tgz", [("train/a.png", b"a"), ("train/b.png", b"b"), ("../c", b"c")])
+    archive = make_tar(
+        area / "x.tgz", [("train/a.png", b"a"), ("train/b.png", b"b"), ("../c", b"c")]
+    )
     with pytest.raises(UnsafeMember):
         extract_archive(archive, area / "scratch" / "out", LIMITS)
     assert not (area / "scratch" / "out").exists()
 
 
 @pytest.mark.parametrize(
-    "content", [b"just some text, not an archive", b"", b"PK\x03\x04" + b"\x00" * 40],
+    "content",
+    [b"just some text, not an archive", b"", b"PK\x03\x04" + b"\x00" * 40],
     ids=["text", "empty", "truncated zip"],
 )
 def test_not_an_archive_is_refused_clearly(area: Path, content: bytes) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from training_core.blobs import parse_url
 from training_core.blobs.base import BlobUrl
 from training_core.errors import InvalidInput
@@ -12,9 +11,15 @@ from training_core.errors import InvalidInput
 @pytest.mark.parametrize(
     ("url", "parsed"),
     [
-        ("gs://my-bucket/raw/dataset.zip", BlobUrl(scheme="gs", bucket="my-bucket", path="raw/dataset.zip")),
+        (
+            "gs://my-bucket/raw/dataset.zip",
+            BlobUrl(scheme="gs", bucket="my-bucket", path="raw/dataset.zip"),
+        ),
         ("gs://a.b_c-1/x", BlobUrl(scheme="gs", bucket="a.b_c-1", path="x")),
-        ("file:///srv/bucket/models/m.pth", BlobUrl(scheme="file", bucket="", path="/srv/bucket/models/m.pth")),
+        (
+            "file:///srv/bucket/models/m.pth",
+            BlobUrl(scheme="file", bucket="", path="/srv/bucket/models/m.pth"),
+        ),
     ],
 )
 def test_valid_urls_parse_and_print_back(url: str, parsed: BlobUrl) -> None:
@@ -22,7 +27,9 @@ def test_valid_urls_parse_and_print_back(url: str, parsed: BlobUrl) -> None:
     assert str(parse_url(url)) == url
 
 
-@pytest.mark.parametrize("url", ["gs://bucket", "gs://bucket/", "gs://bucket/models/", "file:///srv/b/"])
+@pytest.mark.parametrize(
+    "url", ["gs://bucket", "gs://bucket/", "gs://bucket/models/", "file:///srv/b/"]
+)
 def test_prefixes_may_name_a_bucket_root_or_folder(url: str) -> None:
     assert parse_url(url, prefix=True).scheme in ("gs", "file")
 

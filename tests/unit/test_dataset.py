@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from training_core.dataset import (
     IMG_EXTENSIONS,
     InvalidDataset,
@@ -34,7 +33,9 @@ def layout(root: Path, spec: dict[str, dict[str, int]], size: tuple[int, int] = 
 
 
 def test_a_valid_dataset_is_described(tmp_path: Path) -> None:
-    root = layout(tmp_path, {"train": {"dog": 2, "cat": 1}, "val": {"cat": 1, "dog": 1}, "test": {"dog": 1}})
+    root = layout(
+        tmp_path, {"train": {"dog": 2, "cat": 1}, "val": {"cat": 1, "dog": 1}, "test": {"dog": 1}}
+    )
     image(root / "train" / "cat" / "big.JPEG", (40, 30), "JPEG")
     image(root / "val" / "dog" / "nested" / "tall.png", (5, 50))
     (root / "train" / "cat" / "notes.txt").write_text("not an image: ignored")
@@ -48,11 +49,22 @@ def test_a_valid_dataset_is_described(tmp_path: Path) -> None:
     train, val, test = dataset.splits["train"], dataset.splits["val"], dataset.splits["test"]
     assert train.directory == root / "train" and not dataset.val_from_train
     assert train.samples == (
-        ("train/cat/0.png", 0), ("train/cat/big.JPEG", 0), ("train/dog/0.png", 1), ("train/dog/1.png", 1),
+        ("train/cat/0.png", 0),
+        ("train/cat/big.JPEG", 0),
+        ("train/dog/0.png", 1),
+        ("train/dog/1.png", 1),
     )
-    assert val.samples == (("val/cat/0.png", 0), ("val/dog/0.png", 1), ("val/dog/nested/tall.png", 1))
+    assert val.samples == (
+        ("val/cat/0.png", 0),
+        ("val/dog/0.png", 1),
+        ("val/dog/nested/tall.png", 1),
+    )
     assert test.samples == (("test/dog/0.png", 1),)
-    assert (train.counts, val.counts, test.counts) == ({"cat": 2, "dog": 2}, {"cat": 1, "dog": 2}, {"dog": 1})
+    assert (train.counts, val.counts, test.counts) == (
+        {"cat": 2, "dog": 2},
+        {"cat": 1, "dog": 2},
+        {"dog": 1},
+    )
     assert (train.total, val.total, test.total) == (4, 3, 1)
     assert dataset.min_size == (5, 8) and dataset.max_size == (40, 50)
 
@@ -68,7 +80,9 @@ def test_samples_and_classes_match_torchvision_image_folder(tmp_path: Path) -> N
 
     assert set(IMG_EXTENSIONS) == set(TORCHVISION_EXTENSIONS)
     assert list(dataset.classes) == folder.classes
-    assert [(str(root / path), index) for path, index in dataset.splits["train"].samples] == folder.samples
+    assert [
+        (str(root / path), index) for path, index in dataset.splits["train"].samples
+    ] == folder.samples
 
 
 def test_a_single_wrapper_folder_is_accepted(tmp_path: Path) -> None:
@@ -82,32 +96,73 @@ def test_a_single_wrapper_folder_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda root: layout(root / "outer" / "inner", {"train": {"a": 1}, "val": {"a": 1}}),
-         r"train/ is missing: expected train/ and val/ folders .* found outer/"),
-        (lambda root: layout(root, {"training": {"a": 1}, "val": {"a": 1}}),
-         r"train/ is missing: .*found training/, val/"),
-        (lambda root: (layout(root / "one", {"train": {"a": 1}}), layout(root / "two", {"train": {"a": 1}})),
-         r"train/ is missing: .*found one/, two/"),
-        (lambda root: layout(root, {"train": {"a": 1}}),
-         r"val/ is missing: add val/<class>/ folders"),
-        (lambda root: (root / "train").mkdir() or layout(root, {"val": {"a": 1}}),
-         r"train/ has no class folders"),
-        (lambda root: layout(root, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 1, "zebra": 1}}),
-         r"val/ has classes that train/ lacks: zebra \(train/ has cat, dog\)"),
-        (lambda root: layout(root, {"train": {"cat": 1}, "val": {"cat": 1}, "test": {"cow": 1}}),
-         r"test/ has classes that train/ lacks: cow"),
-        (lambda root: (layout(root, {"train": {"cat": 1}, "val": {"cat": 1}}), (root / "train" / "dog").mkdir()),
-         r"class folder train/dog/ has no images"),
-        (lambda root: (layout(root, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 1}}),
-                       (root / "val" / "dog").mkdir(), (root / "val" / "dog" / "readme.txt").write_text("x")),
-         r"class folder val/dog/ has no images \(.jpg, .jpeg, .png"),
-        (lambda root: (layout(root, {"train": {"cat": 1}}), (root / "val").mkdir()),
-         r"val/ has no class folders with images"),
+        (
+            lambda root: layout(root / "outer" / "inner", {"train": {"a": 1}, "val": {"a": 1}}),
+            r"train/ is missing: expected train/ and val/ folders .* found outer/",
+        ),
+        (
+            lambda root: layout(root, {"training": {"a": 1}, "val": {"a": 1}}),
+            r"train/ is missing: .*found training/, val/",
+        ),
+        (
+            lambda root: (
+                layout(root / "one", {"train": {"a": 1}}),
+                layout(root / "two", {"train": {"a": 1}}),
+            ),
+            r"train/ is missing: .*found one/, two/",
+        ),
+        (
+            lambda root: layout(root, {"train": {"a": 1}}),
+            r"val/ is missing: add val/<class>/ folders",
+        ),
+        (
+            lambda root: (root / "train").mkdir() or layout(root, {"val": {"a": 1}}),
+            r"train/ has no class folders",
+        ),
+        (
+            lambda root: layout(
+                root, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 1, "zebra": 1}}
+            ),
+            r"val/ has classes that train/ lacks: zebra \(train/ has cat, dog\)",
+        ),
+        (
+            lambda root: layout(root, {"train": {"cat": 1}, "val": {"cat": 1}, "test": {"cow": 1}}),
+            r"test/ has classes that train/ lacks: cow",
+        ),
+        (
+            lambda root: (
+                layout(root, {"train": {"cat": 1}, "val": {"cat": 1}}),
+                (root / "train" / "dog").mkdir(),
+            ),
+            r"class folder train/dog/ has no images",
+        ),
+        (
+            lambda root: (
+                layout(root, {"train": {"cat": 1, "dog": 1}, "val": {"cat": 1}}),
+                (root / "val" / "dog").mkdir(),
+                (root / "val" / "dog" / "readme.txt").write_text("x"),
+            ),
+            r"class folder val/dog/ has no images \(.jpg, .jpeg, .png",
+        ),
+        (
+            lambda root: (layout(root, {"train": {"cat": 1}}), (root / "val").mkdir()),
+            r"val/ has no class folders with images",
+        ),
     ],
-    ids=["two wrapper levels", "misnamed split", "two top-level folders", "no val", "no classes",
-         "unknown val class", "unknown test class", "empty class", "no images in class", "empty val"],
+    ids=[
+        "two wrapper levels",
+        "misnamed split",
+        "two top-level folders",
+        "no val",
+        "no classes",
+        "unknown val class",
+        "unknown test class",
+        "empty class",
+        "no images in class",
+        "empty val",
+    ],
 )
-def test_each_layout_error_has_its_own_message(tmp_path: Path, build, message: str) -> None:  # noqa: ANN001
+def test_each_layout_error_has_its_own_message(tmp_path: Path, build, message: str) -> None:
     build(tmp_path)
     with pytest.raises(InvalidDataset, match=message):
         describe_dataset(tmp_path)
@@ -120,7 +175,9 @@ def test_missing_folder_is_reported(tmp_path: Path) -> None:
 
 def test_class_count_is_checked_against_the_project(tmp_path: Path) -> None:
     root = layout(tmp_path, {"train": {"a": 1, "b": 1, "c": 1}, "val": {"a": 1}})
-    with pytest.raises(InvalidDataset, match="the project expects 2 classes but train/ has 3: a, b, c"):
+    with pytest.raises(
+        InvalidDataset, match="the project expects 2 classes but train/ has 3: a, b, c"
+    ):
         describe_dataset(root, expected_num_classes=2)
 
 

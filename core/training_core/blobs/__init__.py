@@ -32,7 +32,9 @@ def parse_url(url: str, *, prefix: bool = False) -> BlobUrl:
         raise InvalidInput(f"unsupported blob URL {url!r}: use gs://bucket/path or file:///path")
     if scheme == "file":
         if not rest.startswith("/"):
-            raise InvalidInput(f"invalid blob URL {url!r}: file URLs need an absolute path (file:///path)")
+            raise InvalidInput(
+                f"invalid blob URL {url!r}: file URLs need an absolute path (file:///path)"
+            )
         _check_path(url, rest[1:], prefix=prefix)
         return BlobUrl(scheme="file", bucket="", path=rest)
     bucket, _, path = rest.partition("/")
@@ -47,10 +49,15 @@ def _check_bucket(url: str, bucket: str) -> None:
         raise InvalidInput(f"invalid blob URL {url!r}: no bucket name")
     problem = None
     if not 3 <= len(bucket) <= 222 or not _BUCKET_CHARS.fullmatch(bucket):
-        problem = "3-222 characters: lowercase letters, digits, '-', '_', '.'; letter or digit at both ends"
+        problem = (
+            "3-222 characters: lowercase letters, digits, '-', '_', '.'; "
+            "letter or digit at both ends"
+        )
     elif any(pair in bucket for pair in ("..", ".-", "-.")):
         problem = "no '..', '.-' or '-.'"
-    elif any(len(part) > 63 for part in bucket.split(".")) or ("." not in bucket and len(bucket) > 63):
+    elif any(len(part) > 63 for part in bucket.split(".")) or (
+        "." not in bucket and len(bucket) > 63
+    ):
         problem = "at most 63 characters between dots"
     elif bucket.startswith("goog") or "google" in bucket:
         problem = "must not start with 'goog' or contain 'google'"
@@ -74,7 +81,9 @@ def _check_path(url: str, path: str, *, prefix: bool) -> None:
             return
         raise InvalidInput(f"invalid blob URL {url!r}: no object path")
     if len(path.encode("utf-8")) > _MAX_OBJECT_NAME_BYTES:
-        raise InvalidInput(f"invalid blob URL {url!r}: path longer than {_MAX_OBJECT_NAME_BYTES} bytes")
+        raise InvalidInput(
+            f"invalid blob URL {url!r}: path longer than {_MAX_OBJECT_NAME_BYTES} bytes"
+        )
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
         raise InvalidInput(f"invalid blob URL {url!r}: control characters in the path")
     segments = path.split("/")

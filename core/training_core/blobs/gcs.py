@@ -60,10 +60,14 @@ _TRANSIENT_TYPES = (
     requests.exceptions.ChunkedEncodingError,
     http.client.HTTPException,
     urllib3.exceptions.HTTPError,
+    auth_exceptions.TransportError,
     DataCorruption,  # the bytes were damaged on the way: fetch them again
     ChecksumMismatch,
 )
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# The client sends objects up to this size in one request, larger ones as a resumable
+# upload in chunks of ``chunk_bytes``.
+SINGLE_REQUEST_MAX_BYTES = 8 * 2**20
 
 
 def is_transient(error: BaseException) -> bool:
@@ -74,8 +78,6 @@ def is_transient(error: BaseException) -> bool:
         return error.code in _TRANSIENT_STATUS
     if isinstance(error, InvalidResponse):  # a resumable transfer's unexpected status
         return getattr(error.response, "status_code", None) in _TRANSIENT_STATUS
-    if isinstance(error, auth_exceptions.TransportError):
-        return True
     return False
 
 
@@ -117,18 +119,24 @@ class GcsBlobStore(BlobStore):
     def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> BlobInfo:
         blob, info = self._stat_blob(url)
         if max_bytes is not None and info.size > max_bytes:
-            raise BlobTooLarge(f"{url} is {info.size} bytes, larger than the limit of {max_bytes} bytes")
+            raise BlobTooLarge(
+                f"{url} is {info.size} bytes, larger than the limit of {max_bytes} bytes"
+            )
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         ensure_free_space(dest.parent, info.size, self._min_free)
-        pinned = blob.bucket.blob(blob.name, generation=blob.generation)  # one version, even across retries
+        pinned = blob.bucket.blob(
+            blob.name, generation=blob.generation
+        )  # one version, even across retries
         with temporary_sibling(dest) as (tmp, handle):
 
             def attempt() -> None:
                 handle.seek(0)
                 handle.truncate()
                 writer = CountingWriter(handle, url=url, max_bytes=max_bytes)
-                pinned.download_to_file(writer, checksum="crc32c", timeout=self._timeout, retry=None)
+                pinned.download_to_file(
+                    writer, checksum="crc32c", timeout=self._timeout, retry=None
+                )
                 _check_crc(url, info.crc32c, writer.crc32c)
 
             self._retrying("download", url, self._download_attempts, attempt)
@@ -149,7 +157,9 @@ class GcsBlobStore(BlobStore):
     def exists(self, url: str) -> bool:
         blob = self._blob(url)
         return self._retrying(
-            "check", url, self._download_attempts,
+            "check",
+            url,
+            self._download_attempts,
             lambda: blob.exists(timeout=self._timeout, retry=None),
         )
 
@@ -169,7 +179,8 @@ class GcsBlobStore(BlobStore):
         size, crc = Path(src).stat().st_size, file_crc32c(Path(src))
         if (info.size, info.crc32c) != (size, crc):
             raise ChecksumMismatch(
-                f"{url} does not match {src}: size {info.size} vs {size}, crc32c {info.crc32c} vs {crc}"
+                f"{url} does not match {src}: size {info.size} vs {size}, "
+                f"crc32c {info.crc32c} vs {crc}"
             )
         return info
 
@@ -201,7 +212,9 @@ class GcsBlobStore(BlobStore):
         blob = self._blob(url)
         try:
             self._retrying(
-                "delete", url, self._upload_attempts,
+                "delete",
+                url,
+                self._upload_attempts,
                 lambda: blob.delete(timeout=self._timeout, retry=None),
             )
         except BlobNotFound:
@@ -218,7 +231,7 @@ class GcsBlobStore(BlobStore):
         content_type: str | None,
         metadata: dict[str, str] | None,
     ) -> BlobInfo:
-        resumable = size > self._chunk_bytes
+        resumable = size > SINGLE_REQUEST_MAX_BYTES
         if create_only and resumable and self.exists(url):
             raise BlobExists(url)  # fail before sending gigabytes; the precondition still decides
         attempts = 0
@@ -228,7 +241,7 @@ class GcsBlobStore(BlobStore):
             attempts += 1
             source.seek(0)
             blob = self._blob(url)
-            blob.chunk_size = self._chunk_bytes if resumable else None
+            blob.chunk_size = self._chunk_bytes
             if metadata:
                 blob.metadata = metadata
             try:
@@ -245,10 +258,29 @@ class GcsBlobStore(BlobStore):
                 if attempts > 1 and self._holds(url, size, crc):
                     return self.stat(url)  # an earlier attempt landed but its answer was lost
                 raise
-            _check_crc(url, crc, blob.crc32c)
+            except DataCorruption:
+                self._discard_damaged(url, crc)
+                raise
+            if blob.crc32c != crc:
+                self._discard_damaged(url, crc)
+                raise ChecksumMismatch(
+                    f"{url}: the stored object's crc32c {blob.crc32c} is not {crc}"
+                )
             return _info(url, blob)
 
         return self._retrying("upload", url, self._upload_attempts, attempt)
+
+    def _discard_damaged(self, url: str, crc: str) -> None:
+        """Delete an object whose bytes arrived damaged, so a create-only retry can write it
+        again; only that exact generation, never a good object written meanwhile."""
+        try:
+            blob = self._client.bucket(_parse(url).bucket).get_blob(
+                _parse(url).path, timeout=self._timeout, retry=None
+            )
+            if blob is not None and blob.crc32c != crc:
+                blob.delete(if_generation_match=blob.generation, timeout=self._timeout, retry=None)
+        except Exception as error:  # noqa: BLE001 - best effort; the retry reports what matters
+            log.warning("could not remove the damaged upload %s: %s", url, _describe(error))
 
     def _holds(self, url: str, size: int, crc: str) -> bool:
         try:
@@ -266,7 +298,9 @@ class GcsBlobStore(BlobStore):
         parsed = _parse(url)
         bucket = self._client.bucket(parsed.bucket)
         blob = self._retrying(
-            "stat", url, self._download_attempts,
+            "stat",
+            url,
+            self._download_attempts,
             lambda: bucket.get_blob(parsed.path, timeout=self._timeout, retry=None),
         )
         if blob is None:
@@ -282,16 +316,22 @@ class GcsBlobStore(BlobStore):
             reraise=True,
             before_sleep=lambda state: log.warning(
                 "%s %s failed (attempt %d of %d): %s; retrying",
-                action, url, state.attempt_number, attempts, _describe(state.outcome.exception()),
+                action,
+                url,
+                state.attempt_number,
+                attempts,
+                _describe(state.outcome.exception()),
             ),
         )
         try:
             return retrying(call)
         except ChecksumMismatch as error:
+            if attempts == 1:
+                raise
             raise ChecksumMismatch(f"{error} (after {attempts} attempts)") from error
         except (BlobError, InvalidInput):
             raise
-        except Exception as error:  # noqa: BLE001 - every driver error becomes a typed one
+        except Exception as error:
             raise _translate(action, url, error, attempts) from error
 
 
@@ -301,7 +341,9 @@ def _translate(action: str, url: str, error: Exception, attempts: int) -> BlobEr
     if isinstance(error, api_exceptions.PreconditionFailed):
         return BlobExists(url)
     if isinstance(error, (api_exceptions.Forbidden, api_exceptions.Unauthorized)):
-        return BlobError(f"{action} {url}: access denied ({_describe(error)}); check the credentials")
+        return BlobError(
+            f"{action} {url}: access denied ({_describe(error)}); check the credentials"
+        )
     tries = f" after {attempts} attempts" if is_transient(error) and attempts > 1 else ""
     if isinstance(error, DataCorruption):
         return ChecksumMismatch(f"{action} {url} failed{tries}: {_describe(error)}")
@@ -325,7 +367,9 @@ def _check_crc(url: str, expected: str | None, actual: str | None) -> None:
 
 
 def _info(url: str, blob: storage.Blob) -> BlobInfo:
-    return BlobInfo(url=url, size=blob.size or 0, crc32c=blob.crc32c, metadata=dict(blob.metadata or {}))
+    return BlobInfo(
+        url=url, size=blob.size or 0, crc32c=blob.crc32c, metadata=dict(blob.metadata or {})
+    )
 
 
 def _parse(url: str, *, prefix: bool = False) -> BlobUrl:
@@ -343,7 +387,9 @@ def make_client(settings: Settings) -> storage.Client:
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             return storage.Client(project="local-emulator", credentials=AnonymousCredentials())
         if settings.google_application_credentials is not None:
-            return storage.Client.from_service_account_json(str(settings.google_application_credentials))
+            return storage.Client.from_service_account_json(
+                str(settings.google_application_credentials)
+            )
         return storage.Client()
     except (auth_exceptions.DefaultCredentialsError, OSError, ValueError) as error:
         raise BlobError(

@@ -167,20 +167,26 @@ class LocalBlobStore(BlobStore):
                     "metadata": dict(metadata or {}),
                 }
                 if not create_only:
-                    _sidecar_path(path).unlink(missing_ok=True)  # never pair new bytes with old checksum
+                    _sidecar_path(path).unlink(
+                        missing_ok=True
+                    )  # never pair new bytes with old checksum
                 commit(tmp, handle, path, create_only=create_only)
             _write_sidecar(_sidecar_path(path), sidecar)
         except FileExistsError:
             raise BlobExists(url) from None
         except (IsADirectoryError, NotADirectoryError):
             raise BlobError(f"cannot write {url}: a folder is in the way") from None
-        return BlobInfo(url=url, size=writer.size, crc32c=writer.crc32c, metadata=sidecar["metadata"])
+        return BlobInfo(
+            url=url, size=writer.size, crc32c=writer.crc32c, metadata=sidecar["metadata"]
+        )
 
     @staticmethod
     def _path(url: str) -> Path:
         path = Path(_parse(url).path)
         if path.name.startswith(_RESERVED):
-            raise InvalidInput(f"invalid blob URL {url!r}: names starting with {_RESERVED!r} are reserved")
+            raise InvalidInput(
+                f"invalid blob URL {url!r}: names starting with {_RESERVED!r} are reserved"
+            )
         return path
 
 
@@ -193,7 +199,7 @@ def _parse(url: str, *, prefix: bool = False) -> BlobUrl:
     return parsed
 
 
-def _open_object(url: str, path: Path):  # noqa: ANN202 - a file object
+def _open_object(url: str, path: Path):
     try:
         return path.open("rb")
     except (FileNotFoundError, IsADirectoryError):
@@ -202,7 +208,9 @@ def _open_object(url: str, path: Path):  # noqa: ANN202 - a file object
 
 def _verify(url: str, info: BlobInfo, crc32c: str) -> None:
     if info.crc32c and info.crc32c != crc32c:
-        raise ChecksumMismatch(f"{url}: checksum mismatch (crc32c {crc32c}, expected {info.crc32c})")
+        raise ChecksumMismatch(
+            f"{url}: checksum mismatch (crc32c {crc32c}, expected {info.crc32c})"
+        )
 
 
 def _too_large(url: str, size: int, max_bytes: int) -> BlobError:

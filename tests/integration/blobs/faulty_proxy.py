@@ -1,5 +1,6 @@
-"""A small HTTP proxy in front of the GCS-protocol server that damages object downloads
-the way a bad network does: one flipped byte, or a connection cut half-way through.
+"""A small HTTP proxy in front of the GCS-protocol server that damages transfers the way a
+bad network does: one flipped byte in a download, a download cut half-way through, or one
+flipped byte in an upload chunk.
 
 Everything else (and every download once the faults are used up) passes through as is,
 headers included, so the client checks the bytes against the server's own x-goog-hash.
@@ -15,8 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import urlsplit
 
-Fault = Literal["flip-byte", "cut"]
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+Fault = Literal["flip-byte", "cut", "flip-upload"]
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+}
 
 
 class FaultyProxy:
@@ -25,15 +32,25 @@ class FaultyProxy:
         self.fault = fault
         self.faults_left = times
         self.media_requests = 0
+        self.methods: list[str] = []  # every request's method, in order
         self._lock = threading.Lock()
 
-    def take_fault(self) -> Fault | None:
+    def take_fault(self, kind: Literal["download", "upload"]) -> Fault | None:
         with self._lock:
-            self.media_requests += 1
-            if self.faults_left == 0:
+            if kind == "download":
+                self.media_requests += 1
+            wanted = (
+                self.fault == "flip-upload" if kind == "upload" else self.fault != "flip-upload"
+            )
+            if not wanted or self.faults_left == 0:
                 return None
             self.faults_left -= 1
             return self.fault
+
+
+def flip_middle_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
 
 def _handler(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
@@ -44,24 +61,36 @@ def _handler(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _forward(self) -> None:
+            proxy.methods.append(self.command)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "accept-encoding")}
-            upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+            if self.command == "PUT" and body and proxy.take_fault("upload"):
+                body = flip_middle_byte(body)  # a resumable upload's chunk
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in ("host", "accept-encoding")
+            }
+            upstream = http.client.HTTPConnection(
+                proxy.upstream.hostname, proxy.upstream.port, timeout=30
+            )
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             response = upstream.getresponse()
             payload = response.read()
             upstream.close()
 
             is_media = self.command == "GET" and "alt=media" in self.path and response.status == 200
-            fault = proxy.take_fault() if is_media and payload else None
+            fault = proxy.take_fault("download") if is_media and payload else None
             if fault == "flip-byte":
-                middle = len(payload) // 2
-                payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :]
+                payload = flip_middle_byte(payload)
 
             self.send_response(response.status, response.reason)
+            upstream_url = f"http://{proxy.upstream.netloc}"
+            host, port = self.server.server_address[:2]
+            own_url = f"http://{host}:{port}"
             for key, value in response.getheaders():
                 if key.lower() not in _HOP_BY_HOP:
-                    self.send_header(key, value)
+                    # resumable upload sessions must come back through the proxy too
+                    self.send_header(key, value.replace(upstream_url, own_url))
             self.send_header("Content-Length", str(len(payload)))
             if fault == "cut":
                 self.send_header("Connection", "close")

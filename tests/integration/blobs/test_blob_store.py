@@ -8,10 +8,15 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from training_core.blobs import BlobStore, open_blob_store
 from training_core.blobs._files import file_crc32c
-from training_core.errors import BlobExists, BlobNotFound, BlobTooLarge, ChecksumMismatch, InvalidInput
+from training_core.errors import (
+    BlobExists,
+    BlobNotFound,
+    BlobTooLarge,
+    ChecksumMismatch,
+    InvalidInput,
+)
 from training_core.settings import load_settings
 
 
@@ -40,11 +45,15 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*.part")) if folder.exists() else []
 
 
-def test_round_trip_keeps_bytes_checksum_and_metadata(store: BlobStore, bucket: str, tmp_path: Path) -> None:
+def test_round_trip_keeps_bytes_checksum_and_metadata(
+    store: BlobStore, bucket: str, tmp_path: Path
+) -> None:
     src = payload(tmp_path, 3 * 2**20 + 17)
     url = f"{bucket}/models/run-1/model.pth"
 
-    uploaded = store.upload(src, url, content_type="application/octet-stream", metadata={"accuracy": "0.93"})
+    uploaded = store.upload(
+        src, url, content_type="application/octet-stream", metadata={"accuracy": "0.93"}
+    )
     dest = tmp_path / "out" / "model.pth"
     downloaded = store.download(url, dest)
 
@@ -60,7 +69,9 @@ def test_bytes_round_trip(store: BlobStore, bucket: str) -> None:
     info = store.write_bytes(f"{bucket}/runs/1/progress.json", b'{"epoch": 3}')
     assert info.size == 12
     assert store.read_bytes(f"{bucket}/runs/1/progress.json") == b'{"epoch": 3}'
-    store.write_bytes(f"{bucket}/runs/1/progress.json", b'{"epoch": 4}')  # overwrite allowed by default
+    store.write_bytes(
+        f"{bucket}/runs/1/progress.json", b'{"epoch": 4}'
+    )  # overwrite allowed by default
     assert store.read_bytes(f"{bucket}/runs/1/progress.json") == b'{"epoch": 4}'
 
 
@@ -96,7 +107,9 @@ def test_missing_object_is_not_found(store: BlobStore, bucket: str, tmp_path: Pa
     assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
 
 
-def test_download_over_max_bytes_is_refused_and_leaves_nothing(store: BlobStore, bucket: str, tmp_path: Path) -> None:
+def test_download_over_max_bytes_is_refused_and_leaves_nothing(
+    store: BlobStore, bucket: str, tmp_path: Path
+) -> None:
     url = f"{bucket}/raw/dataset.zip"
     store.upload(payload(tmp_path, 5000), url)
     dest = tmp_path / "dl" / "dataset.zip"
@@ -112,7 +125,11 @@ def test_list_by_prefix_and_delete(store: BlobStore, bucket: str) -> None:
         store.write_bytes(f"{bucket}/{name}", name.encode())
 
     assert store.list(f"{bucket}/raw/") == [f"{bucket}/raw/a.zip", f"{bucket}/raw/b.zip"]
-    assert store.list(f"{bucket}/raw") == [f"{bucket}/raw-old/c.zip", f"{bucket}/raw/a.zip", f"{bucket}/raw/b.zip"]
+    assert store.list(f"{bucket}/raw") == [
+        f"{bucket}/raw-old/c.zip",
+        f"{bucket}/raw/a.zip",
+        f"{bucket}/raw/b.zip",
+    ]
     assert len(store.list(bucket)) == 4
     assert store.list(f"{bucket}/nothing/") == []
 
@@ -122,7 +139,9 @@ def test_list_by_prefix_and_delete(store: BlobStore, bucket: str) -> None:
     assert store.list(f"{bucket}/raw/") == [f"{bucket}/raw/b.zip"]
 
 
-def test_verify_upload_detects_a_different_object(store: BlobStore, bucket: str, tmp_path: Path) -> None:
+def test_verify_upload_detects_a_different_object(
+    store: BlobStore, bucket: str, tmp_path: Path
+) -> None:
     url = f"{bucket}/models/m.pth"
     store.upload(payload(tmp_path, 4096, "model"), url)
     with pytest.raises(ChecksumMismatch, match="does not match"):
@@ -131,7 +150,9 @@ def test_verify_upload_detects_a_different_object(store: BlobStore, bucket: str,
         store.verify_upload(tmp_path / "model", f"{bucket}/models/absent.pth")
 
 
-def test_upload_of_a_missing_file_is_invalid_input(store: BlobStore, bucket: str, tmp_path: Path) -> None:
+def test_upload_of_a_missing_file_is_invalid_input(
+    store: BlobStore, bucket: str, tmp_path: Path
+) -> None:
     with pytest.raises(InvalidInput, match="no such file"):
         store.upload(tmp_path / "absent.pth", f"{bucket}/models/m.pth")
     assert not store.exists(f"{bucket}/models/m.pth")
@@ -143,7 +164,9 @@ def test_bad_urls_are_refused_before_any_io(store: BlobStore, bucket: str) -> No
             store.write_bytes(url, b"x")
 
 
-def test_concurrent_create_only_writers_have_exactly_one_winner(store: BlobStore, bucket: str) -> None:
+def test_concurrent_create_only_writers_have_exactly_one_winner(
+    store: BlobStore, bucket: str
+) -> None:
     url = f"{bucket}/models/race.pth"
     outcomes: list[str] = []
 

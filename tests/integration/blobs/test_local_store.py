@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from training_core.blobs import open_blob_store
 from training_core.errors import ChecksumMismatch, InsufficientDiskSpace, InvalidInput
 from training_core.settings import load_settings
@@ -19,9 +18,13 @@ def bucket(tmp_path: Path) -> Path:
 
 def test_bookkeeping_files_stay_out_of_listings(bucket: Path) -> None:
     store = open_blob_store(load_settings())
-    store.write_bytes(f"file://{bucket}/models/m.pth", b"weights", content_type="application/octet-stream")
+    store.write_bytes(
+        f"file://{bucket}/models/m.pth", b"weights", content_type="application/octet-stream"
+    )
     assert store.list(f"file://{bucket}/") == [f"file://{bucket}/models/m.pth"]
-    assert sorted(p.name for p in (bucket / "models").iterdir() if not p.name.startswith(".blob-meta-")) == ["m.pth"]
+    assert sorted(
+        p.name for p in (bucket / "models").iterdir() if not p.name.startswith(".blob-meta-")
+    ) == ["m.pth"]
     with pytest.raises(InvalidInput, match="reserved"):
         store.write_bytes(f"file://{bucket}/models/.blob-meta-m.pth.json", b"{}")
 
