@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training_core.settings import Settings
+from training_core.settings import Settings, SettingsError
 from training_core.store.base import NewRun, RunUpdate, Store
 
 
@@ -20,7 +20,10 @@ def open_store(settings: Settings) -> Store:
         )
     from training_core.store.supabase import SupabaseStore
 
-    assert settings.supabase_url and settings.supabase_service_role_key
+    if not (settings.supabase_url and settings.supabase_service_role_key):
+        raise SettingsError(
+            "No store configured: set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+        )
     return SupabaseStore(
         settings.supabase_url,
         settings.supabase_service_role_key.get_secret_value(),

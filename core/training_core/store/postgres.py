@@ -270,7 +270,7 @@ class PostgresStore(Store):
         self._one("select 1 as ok", {})
 
     def close(self) -> None:
-        self._pool.close()
+        self._pool.close(timeout=1)  # do not wait on reconnection attempts to a dead server
 
 
 def _typed(error: psycopg.Error) -> AgentError:
