@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from training_core.blobs import parse_url
 from training_core.domain import Dataset, Phase, Project, Run, run_name
 from training_core.errors import InvalidInput
-from training_core.runspec import SUPPORTED_MODELS, RunSpec, model_url_for
+from training_core.runspec import SUPPORTED_MODELS, RunSpec, default_resources, model_url_for
 from training_core.settings import Settings
 from training_api.errors import ApiError
 
@@ -189,6 +189,7 @@ def plan_run(
         image_size=choice.image_size,
         pretrained=choice.pretrained,
         seed=choice.seed,
+        resources=default_resources(settings),
     )
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from training_core.domain import safe_name
+
+if TYPE_CHECKING:
+    from training_core.settings import Settings
 
 # The TrainingRun custom resource.
 CRD_GROUP = "training.automl.dev"
@@ -44,6 +47,17 @@ class Resources(BaseModel):
     spot: bool = False
     cpu: str = "4"
     memory: str = "16Gi"
+
+
+def default_resources(settings: Settings) -> Resources:
+    """What a run asks for when its request does not say: the deployment's defaults."""
+    return Resources(
+        gpu_count=settings.default_gpu_count,
+        accelerator=settings.default_accelerator,
+        spot=settings.default_spot,
+        cpu=settings.default_cpu,
+        memory=settings.default_memory,
+    )
 
 
 class RunSpec(BaseModel):

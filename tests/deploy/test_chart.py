@@ -16,7 +16,7 @@ import yaml
 from tests.deploy import helm
 from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
 from tests.deploy.kube_api import KubeAPI, running_kube_api
-from training_core.settings import load_settings
+from training_core.settings import Settings, load_settings
 from training_operator.config import OperatorConfig
 
 Install = Callable[..., list[dict[str, Any]]]
@@ -48,6 +48,14 @@ def container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
 
 def env_of(container_spec: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container_spec["env"]}
+
+
+def settings_of(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a pod of this install reads: the ConfigMap, and a Secret's key."""
+    for name, value in one(objects, "ConfigMap", "settings")["data"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-role-key")
+    return load_settings()
 
 
 # -- lint and render ---------------------------------------------------------------------------
@@ -128,13 +136,9 @@ def test_settings_configmap_loads_as_the_agents_settings(
     install: Install, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objects = install(EVERYTHING_ON)
-    data = one(objects, "ConfigMap", "settings")["data"]
     # Whole numbers stay whole (YAML numbers reach templates as floats).
-    assert data["MAX_DOWNLOAD_BYTES"] == "53687091200"
-    for name, value in data.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-role-key")
-    settings = load_settings()
+    assert one(objects, "ConfigMap", "settings")["data"]["MAX_DOWNLOAD_BYTES"] == "53687091200"
+    settings = settings_of(objects, monkeypatch)
     assert settings.launcher == "kubernetes"
     assert settings.namespace == NAMESPACE
     assert settings.resolved_store_backend == "supabase"
@@ -287,6 +291,8 @@ NOT_IN_CONFIG = {
     "DATABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "API_TOKENS",  # secrets
     "GOOGLE_APPLICATION_CREDENTIALS",  # GKE Workload Identity instead of key files
     "SCRATCH_DIR",  # the operator mounts the Job's scratch volume and sets it
+    "DEFAULT_GPU_COUNT", "DEFAULT_ACCELERATOR", "DEFAULT_SPOT",  # from trainer.gpu
+    "DEFAULT_CPU", "DEFAULT_MEMORY",  # from trainer.resources
     "LOCAL_MAX_CONCURRENT", "LOCAL_RUNS_DIR",  # the local launcher only
 }
 
@@ -301,3 +307,60 @@ def test_config_schema_offers_every_setting() -> None:
         f"values.schema.json config lacks {sorted(expected - offered)} "
         f"and offers unknown {sorted(offered - expected)}"
     )
+
+
+# -- chart values → a run's Job ------------------------------------------------------------------
+def test_gpu_values_reach_the_training_jobs(install: Install, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.gpu (2 × A100 on Spot) → settings ConfigMap → the API's plan of a run →
+    TrainingRun → the operator's Job: placed on those nodes, valid for Kubernetes and the CRD."""
+    import uuid
+
+    from training_api.decisions import TrainingChoice, plan_run
+    from training_core.domain import Project
+    from training_core.launchers.kubernetes import training_run_resource
+    from training_operator.builders import job_manifest
+
+    objects = install(EVERYTHING_ON)
+    settings = settings_of(objects, monkeypatch)
+    for name, value in env_of(container(objects, "operator")).items():
+        if name.startswith("OPERATOR_"):
+            monkeypatch.setenv(name, value)
+    project = Project(id=uuid.uuid4(), name="Flowers", status=settings.status_pending)
+    choice = TrainingChoice(
+        model="resnet50", epochs=5, learning_rate=0.001, batch_size=64, image_size=224,
+        pretrained=True, seed=None, dataset_url="gs://acme-automl-datasets/flowers/raw/dataset.zip",
+    )
+    spec = plan_run(choice, project, None, uuid.uuid4(), settings)
+    run = training_run_resource(spec, settings.namespace)
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    # OpenAPI v3 schemas are JSON Schema draft 4 (boolean exclusiveMinimum/Maximum).
+    jsonschema.Draft4Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]).validate(run)
+
+    run["metadata"]["uid"] = str(uuid.uuid4())  # what the API server adds
+    job = job_manifest(run, OperatorConfig())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+        "cloud.google.com/gke-spot": "true",
+    }
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
+    [trainer] = pod["containers"]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert trainer["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    # The Job runs as the chart's trainer identity, image, settings and secret.
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount", "trainer")["metadata"]["name"]
+    assert trainer["image"].endswith("/training-agent-trainer:0.1.0")
+    assert trainer["envFrom"] == [{"configMapRef": {"name": one(objects, "ConfigMap", "settings")["metadata"]["name"]}}]
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_a_cpu_only_deployment_asks_for_no_gpu(install: Install, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = helm.deep_merge(REQUIRED, {"trainer": {"gpu": {"count": 0, "acceleratorType": ""}}})
+    objects = install(values)
+    data = one(objects, "ConfigMap", "settings")["data"]
+    assert data["DEFAULT_GPU_COUNT"] == "0" and "DEFAULT_ACCELERATOR" not in data
+    settings = settings_of(objects, monkeypatch)
+    assert (settings.default_gpu_count, settings.default_accelerator, settings.default_spot) == (0, None, False)
