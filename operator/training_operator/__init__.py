@@ -1,0 +1,1 @@
+"""The TrainingRun operator: TrainingRun custom resources reconciled into GPU Jobs."""

@@ -1,0 +1,240 @@
+"""kopf handlers: thin I/O around :mod:`training_operator.builders`.
+
+Every write to the store is a conditional update; only the caller whose update won writes the
+log line and posts the Event, so a handler that runs twice (a retry, a restarted operator, two
+watch events for one change) leaves one line and one Event.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import kopf
+
+from training_core.domain import Phase, Run
+from training_core.errors import InvalidState, NotFound
+from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
+from training_core.settings import Settings, load_settings
+from training_core.store import RunUpdate, Store, open_store
+
+from training_operator import builders
+from training_operator.builders import LABEL_RUN, Transition
+from training_operator.config import OperatorConfig
+from training_operator.kube import Kube, connection_info, load_configuration
+
+TRAINING_RUNS = (CRD_GROUP, CRD_VERSION, CRD_PLURAL)
+
+log = logging.getLogger(__name__)
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler, registered in a registry of its own (a timer's interval is fixed here)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.cleanup(registry=registry)(close)
+    kopf.on.resume(*TRAINING_RUNS, registry=registry)(ensure_job)
+    kopf.on.create(*TRAINING_RUNS, registry=registry)(ensure_job)
+    kopf.on.field(*TRAINING_RUNS, field="spec.suspend", registry=registry)(on_suspend)
+    kopf.on.delete(*TRAINING_RUNS, registry=registry)(on_delete)
+    interval = config.timer_interval_seconds
+    kopf.timer(*TRAINING_RUNS, interval=interval, initial_delay=interval, registry=registry)(watch_run)
+    kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
+    kopf.on.event("", "v1", "pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_pod_event)
+    return registry
+
+
+def run(config: OperatorConfig) -> None:
+    """Run the operator until it is told to stop (SIGTERM/SIGINT)."""
+    kopf.run(
+        registry=build_registry(config),
+        standalone=True,  # one replica; a Deployment with a Recreate strategy
+        namespaces=config.namespaces,
+        clusterwide=not config.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
+    )
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+def login(**_: Any) -> kopf.ConnectionInfo:
+    return connection_info(load_configuration())
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig()
+    settings.persistence.finalizer = f"{CRD_GROUP}/finalizer"
+    # Handler progress lives in annotations, so the status schema stays strict.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=CRD_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=CRD_GROUP, key="last-handled-configuration"
+    )
+    # A watch that hears nothing for long is re-opened instead of stalling silently.
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_client_timeout_seconds
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING  # kopf's own failures become Events; chatter does not
+    settings.execution.max_workers = 16
+    memo.config = config
+    memo.settings = load_settings()
+    memo.store = open_store(memo.settings)
+    memo.kube = Kube(load_configuration(), pool_size=settings.execution.max_workers)
+
+
+def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.store.close()
+    memo.kube.close()
+
+
+# -- TrainingRun → Job ----------------------------------------------------------------------
+def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Create the run's Job once; a finished or cancelled run never gets a new one."""
+    run_id = UUID(body["spec"]["runId"])
+    run = _stored_run(memo.store, run_id)
+    if (run and run.phase.is_terminal) or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
+        return
+    manifest = builders.job_manifest(body, memo.config)
+    job = memo.kube.create_job(manifest) or memo.kube.get_job(body.metadata.namespace, body.metadata.name)
+    if job is None:
+        raise kopf.TemporaryError("the Job vanished right after it was found; retrying", delay=5)
+    _check_owner(job, body)
+    reconcile(body, job, memo)
+
+
+def on_suspend(old: Any, new: Any, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """``spec.suspend`` suspends or resumes the Job (its pods go; the checkpoint stays)."""
+    if old is None:  # creation: the Job is made with the right value
+        return
+    job = memo.kube.patch_job(body.metadata.namespace, body.metadata.name, {"spec": {"suspend": bool(new)}})
+    if job is not None:
+        reconcile(body, job, memo)
+
+
+def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Deleting an unfinished run cancels it; its Job and pods go with it."""
+    spec = RunSpec.from_resource(body.metadata.name, body["spec"])
+    transition = builders.cancel_transition(spec.run_name)
+    if _commit(memo, spec, transition) is not None:
+        _post(memo, body, "Cancelled", transition)
+    # No garbage collector may be watching (and it is harmless where one is).
+    memo.kube.delete_job(body.metadata.namespace, body.metadata.name)
+
+
+def watch_run(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    """Refresh progress for ``kubectl get tr`` and flag a run that waits too long for a node."""
+    if Phase(status.get("phase", "Queued")).is_terminal:
+        return
+    job = memo.kube.get_job(body.metadata.namespace, body.metadata.name)
+    if job is None:
+        return
+    pods = memo.kube.run_pods(body.metadata.namespace, body.metadata.name)
+    current = reconcile(body, job, memo, pods)
+    if builders.pending_too_long(current, datetime.now(UTC), memo.config.pending_timeout_seconds):
+        _flag_pending(body, current, pods, memo)
+
+
+# -- Job and pod changes → run ----------------------------------------------------------------
+def on_job_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        return
+    run = memo.kube.get_run(body.metadata.namespace, body.metadata.labels[LABEL_RUN])
+    if run is not None and not run["metadata"].get("deletionTimestamp"):
+        reconcile(run, body, memo)
+
+
+def on_pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    namespace, name = body.metadata.namespace, body.metadata.labels[LABEL_RUN]
+    run = memo.kube.get_run(namespace, name)
+    job = memo.kube.get_job(namespace, name) if run is not None else None
+    if run is not None and job is not None and not run["metadata"].get("deletionTimestamp"):
+        reconcile(run, job, memo)
+
+
+# -- the one path every handler takes ------------------------------------------------------------
+def reconcile(
+    run_body: Any, job: Any, memo: kopf.Memo, pods: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Job (+ pods) → store (conditional) → TrainingRun status; returns the new status."""
+    meta = run_body["metadata"]
+    spec = RunSpec.from_resource(meta["name"], run_body["spec"])
+    if pods is None:
+        pods = memo.kube.run_pods(meta["namespace"], meta["name"])
+    update = builders.run_status(job, pods)
+    transition = builders.transition_for(update, meta["name"])
+    won = _commit(memo, spec, transition)
+    run = won or _stored_run(memo.store, spec.run_id)
+    if won is not None:
+        _post(memo, run_body, update.reason, transition)
+    current = dict(run_body.get("status") or {})
+    patch = builders.status_patch(current, update, run, _now(), spec.epochs)
+    patch["jobName"] = meta["name"]
+    if any(current.get(key) != value for key, value in patch.items()):
+        memo.kube.patch_run_status(meta["namespace"], meta["name"], patch)
+    return {**current, **patch}
+
+
+def _commit(memo: kopf.Memo, spec: RunSpec, transition: Transition) -> Run | None:
+    """Apply the transition if the run is where it expects; the run when this call won."""
+    store: Store = memo.store
+    try:
+        run = store.update_run(
+            spec.run_id, RunUpdate(phase=transition.phase, error=transition.error), transition.expected
+        )
+    except (InvalidState, NotFound):
+        return None
+    _settle_project(store, memo.settings, spec.project_id, transition.phase)
+    store.log(spec.project_id, transition.log_line, transition.level)
+    return run
+
+
+def _settle_project(store: Store, settings: Settings, project_id: UUID, phase: Phase) -> None:
+    status = builders.project_status_after(phase, settings)
+    if status is None:
+        return
+    try:
+        store.set_project_status(project_id, status, expected=[settings.status_training])
+    except InvalidState:  # the trainer (or the API) settled it already
+        pass
+
+
+def _stored_run(store: Store, run_id: UUID) -> Run | None:
+    try:
+        return store.get_run(run_id)
+    except NotFound:
+        return None
+
+
+def _post(memo: kopf.Memo, run_body: Any, reason: str, transition: Transition) -> None:
+    kind = "Warning" if transition.level in ("warning", "error") else "Normal"
+    memo.kube.post_event(run_body, kind, reason, transition.log_line)
+
+
+def _flag_pending(run_body: Any, status: dict[str, Any], pods: list[dict[str, Any]], memo: kopf.Memo) -> None:
+    meta = run_body["metadata"]
+    why = builders.unschedulable_message(pods)
+    seconds = int(memo.config.pending_timeout_seconds)
+    message = f"still waiting for a node after {seconds} s" + (f": {why}" if why else "")
+    condition = builders.Condition("PendingTooLong", "True", "Unschedulable" if why else "NoNodeYet", message)
+    conditions = builders.merge_conditions(status.get("conditions") or [], [condition], _now())
+    # The condition is the "already flagged" mark: written first, so a crash can lose the
+    # log line but never write it twice.
+    memo.kube.patch_run_status(meta["namespace"], meta["name"], {"conditions": conditions})
+    memo.kube.post_event(run_body, "Warning", "PendingTooLong", message)
+    spec = RunSpec.from_resource(meta["name"], run_body["spec"])
+    memo.store.log(spec.project_id, f"TrainingRun {meta['name']} {message}", "warning")
+
+
+def _check_owner(job: dict[str, Any], run_body: kopf.Body) -> None:
+    owners = job.get("metadata", {}).get("ownerReferences") or []
+    if not any(owner.get("uid") == run_body.metadata.uid for owner in owners):
+        raise kopf.TemporaryError(
+            f"a Job named {run_body.metadata.name} from an earlier TrainingRun still exists;"
+            " waiting for it to be deleted",
+            delay=30,
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
