@@ -33,13 +33,21 @@ def empty_database(pg_server) -> Iterator[str]:
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     return subprocess.run(
-        [CLI, *args], env={**clean, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [CLI, *args],
+        check=False,
+        env={**clean, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("select table_name from information_schema.tables where table_schema = 'public'")
+        rows = conn.execute(
+            "select table_name from information_schema.tables where table_schema = 'public'"
+        )
         return {name for (name,) in rows}
 
 
@@ -73,7 +81,9 @@ def test_migrate_without_a_database_url_says_so(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_database_fails_without_showing_the_password(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "db", "migrate", DATABASE_URL="postgresql://agent:pw-5e1d@127.0.0.1:1/training")
+    result = run_cli(
+        tmp_path, "db", "migrate", DATABASE_URL="postgresql://agent:pw-5e1d@127.0.0.1:1/training"
+    )
 
     assert result.returncode == 1
     assert result.stderr.startswith("migration failed:")

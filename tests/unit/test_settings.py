@@ -56,7 +56,11 @@ def secrets_in(text: str) -> list[str]:
 def test_defaults_need_no_environment() -> None:
     settings = load_settings()
 
-    assert (settings.batch_size, settings.default_epochs, settings.default_learning_rate) == (32, 10, 0.001)
+    assert (settings.batch_size, settings.default_epochs, settings.default_learning_rate) == (
+        32,
+        10,
+        0.001,
+    )
     assert (settings.log_level, settings.log_format) == ("INFO", "text")
     assert settings.api_tokens == []
 
@@ -77,7 +81,9 @@ def test_defaults_need_no_environment() -> None:
         ("DATABASE_URL", f"not a url {DB_PASSWORD}"),
     ],
 )
-def test_a_malformed_value_is_named_and_not_echoed(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_a_malformed_value_is_named_and_not_echoed(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     clean_env.setenv(name, value)
 
     with pytest.raises(SettingsError) as error:
@@ -93,7 +99,9 @@ def test_a_malformed_value_is_named_and_not_echoed(clean_env: pytest.MonkeyPatch
     ("backend", "named"),
     [("postgres", "DATABASE_URL"), ("supabase", "SUPABASE_SERVICE_ROLE_KEY")],
 )
-def test_a_missing_store_setting_is_named(clean_env: pytest.MonkeyPatch, backend: str, named: str) -> None:
+def test_a_missing_store_setting_is_named(
+    clean_env: pytest.MonkeyPatch, backend: str, named: str
+) -> None:
     clean_env.setenv("STORE_BACKEND", backend)
 
     with pytest.raises(SettingsError, match=named):
@@ -123,19 +131,26 @@ def test_secrets_stay_out_of_reprs_and_dumps(secret_env: pytest.MonkeyPatch) -> 
     settings = load_settings()
 
     assert settings.supabase_url == "https://project.supabase.co"
-    assert settings.database_url is not None and DB_PASSWORD in settings.database_url.get_secret_value()
+    assert (
+        settings.database_url is not None
+        and DB_PASSWORD in settings.database_url.get_secret_value()
+    )
     assert secrets_in(repr(settings)) == []
     assert secrets_in(str(settings)) == []
     assert secrets_in(settings.model_dump_json()) == []
 
 
-def test_secrets_stay_out_of_log_output(secret_env: pytest.MonkeyPatch, log_output: io.StringIO) -> None:
+def test_secrets_stay_out_of_log_output(
+    secret_env: pytest.MonkeyPatch, log_output: io.StringIO
+) -> None:
     settings = load_settings()
     log = logging.getLogger("training_core.test")
     log.info("settings: %s / %r", settings, settings)
 
     for backend in ("postgres", "supabase"):
-        store = open_store(settings.model_copy(update={"store_backend": backend, "store_timeout_seconds": 1}))
+        store = open_store(
+            settings.model_copy(update={"store_backend": backend, "store_timeout_seconds": 1})
+        )
         log.info("store: %r", store)
         with pytest.raises(StoreUnavailable) as error:
             store.ping()  # nothing listens: failures are logged and raised
@@ -170,5 +185,7 @@ def test_open_store_picks_the_adapter_from_the_settings(secret_env: pytest.Monke
 
 
 def test_open_store_without_any_store_names_what_to_set() -> None:
-    with pytest.raises(SettingsError, match="DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"):
+    with pytest.raises(
+        SettingsError, match="DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+    ):
         open_store(load_settings())

@@ -29,7 +29,9 @@ _CONFLICTS = {
     "training_runs_name_key": "a run with this name already exists",
     "training_runs_project_id_attempt_key": "the project already has a run with this attempt",
 }
-_MISSING_KEY = re.compile(r'Key \((?P<column>[^)]+)\)=\((?P<value>[^)]*)\) is not present in table "(?P<table>[^"]+)"')
+_MISSING_KEY = re.compile(
+    r'Key \((?P<column>[^)]+)\)=\((?P<value>[^)]*)\) is not present in table "(?P<table>[^"]+)"'
+)
 _KINDS = {"projects": "project", "datasets": "dataset", "training_runs": "run", "models": "model"}
 
 
@@ -55,4 +57,6 @@ def error_for_sqlstate(code: str | None, message: str, detail: str | None = None
         return StoreUnavailable("database statement timed out")
     # Connection loss, shutdown, resource limits, serialization failures, a schema that
     # is not migrated: the store cannot serve now; retrying later (or migrating) may help.
-    return StoreUnavailable(f"database error {code}: {message}" if code else f"database error: {message}")
+    return StoreUnavailable(
+        f"database error {code}: {message}" if code else f"database error: {message}"
+    )

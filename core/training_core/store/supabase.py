@@ -14,10 +14,17 @@ from uuid import UUID
 
 import httpx
 from postgrest import APIError, ReturnMethod, SyncRequestBuilder
-from supabase import ClientOptions, SupabaseException, create_client
 
+from supabase import ClientOptions, SupabaseException, create_client
 from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
-from training_core.errors import AgentError, Conflict, InvalidInput, InvalidState, NotFound, StoreUnavailable
+from training_core.errors import (
+    AgentError,
+    Conflict,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    StoreUnavailable,
+)
 from training_core.store.base import NewRun, RunUpdate, Store
 from training_core.store.common import (
     ACTIVE_PHASE_VALUES,
@@ -53,7 +60,9 @@ class SupabaseStore(Store):
         try:
             client = create_client(url, service_role_key, options)
         except SupabaseException as error:
-            raise InvalidInput(f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {error.message}") from None
+            raise InvalidInput(
+                f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {error.message}"
+            ) from None
         # Made once, here: concurrent callers then share one HTTP connection pool.
         self._rest = client.postgrest
         self._url = url
@@ -84,7 +93,9 @@ class SupabaseStore(Store):
 
     # -- projects ----------------------------------------------------------------------
     def get_project(self, project_id: UUID) -> Project:
-        row = self._first(self._table("projects").select(PROJECT_COLUMNS).eq("id", project_id).limit(1))
+        row = self._first(
+            self._table("projects").select(PROJECT_COLUMNS).eq("id", project_id).limit(1)
+        )
         if row is None:
             raise NotFound("project", project_id)
         return Project(**row)
@@ -141,15 +152,25 @@ class SupabaseStore(Store):
         size: int | None = None,
         source: str | None = "upload",
     ) -> Dataset:
-        row = {"project_id": str(project_id), "name": name, "gcs_url": gcs_url, "size": size, "source": source}
+        row = {
+            "project_id": str(project_id),
+            "name": name,
+            "gcs_url": gcs_url,
+            "size": size,
+            "source": source,
+        }
         return Dataset(**self._rows(self._table("datasets").insert(row))[0])
 
     # -- runs --------------------------------------------------------------------------
     def create_run(self, run: NewRun) -> Run:
-        return Run(**self._rows(self._table("training_runs").insert(run.model_dump(mode="json")))[0])
+        return Run(
+            **self._rows(self._table("training_runs").insert(run.model_dump(mode="json")))[0]
+        )
 
     def get_run(self, run_id: UUID) -> Run:
-        row = self._first(self._table("training_runs").select(RUN_COLUMNS).eq("id", run_id).limit(1))
+        row = self._first(
+            self._table("training_runs").select(RUN_COLUMNS).eq("id", run_id).limit(1)
+        )
         if row is None:
             raise NotFound("run", run_id)
         return Run(**row)
@@ -167,7 +188,10 @@ class SupabaseStore(Store):
 
     def list_active_runs(self) -> list[Run]:
         rows = self._rows(
-            self._table("training_runs").select(RUN_COLUMNS).in_("phase", ACTIVE_PHASE_VALUES).order("created_at")
+            self._table("training_runs")
+            .select(RUN_COLUMNS)
+            .in_("phase", ACTIVE_PHASE_VALUES)
+            .order("created_at")
         )
         return [Run(**row) for row in rows]
 
@@ -178,7 +202,9 @@ class SupabaseStore(Store):
         if not changes:  # nothing to write: the condition alone decides
             run = self.get_run(run_id)
             if expected is not None and run.phase not in expected:
-                raise InvalidState("run", run_id, sorted(phase_values(expected) or []), run.phase.value)
+                raise InvalidState(
+                    "run", run_id, sorted(phase_values(expected) or []), run.phase.value
+                )
             return run
         query = self._table("training_runs").update(changes).eq("id", run_id)
         if expected is not None:
@@ -212,14 +238,19 @@ class SupabaseStore(Store):
             return ModelRecord(**self._rows(self._table("models").insert(row))[0])
         except Conflict:
             # Recorded before (one model per run): hand back the first row.
-            first = self._first(self._table("models").select(MODEL_COLUMNS).eq("run_id", run_id).limit(1))
+            first = self._first(
+                self._table("models").select(MODEL_COLUMNS).eq("run_id", run_id).limit(1)
+            )
             if first is None:
                 raise
             return ModelRecord(**first)
 
     def get_models(self, project_id: UUID) -> list[ModelRecord]:
         rows = self._rows(
-            self._table("models").select(MODEL_COLUMNS).eq("project_id", project_id).order("created_at")
+            self._table("models")
+            .select(MODEL_COLUMNS)
+            .eq("project_id", project_id)
+            .order("created_at")
         )
         return [ModelRecord(**row) for row in rows]
 
@@ -262,4 +293,6 @@ def _typed(error: APIError) -> AgentError:
     if _SQLSTATE.fullmatch(code):  # PostgREST passes Postgres' SQLSTATE on as the code
         return error_for_sqlstate(code, message, str(error.details) if error.details else None)
     # PostgREST's own errors (PGRST…) and bare HTTP failures (a proxy's 502, 503 …).
-    return StoreUnavailable(f"Supabase error {code}: {message}" if code else f"Supabase error: {message}")
+    return StoreUnavailable(
+        f"Supabase error {code}: {message}" if code else f"Supabase error: {message}"
+    )

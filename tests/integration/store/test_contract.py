@@ -38,7 +38,9 @@ def race(count: int, attempt: Callable[[], T]) -> list[T | Exception]:
 
 def new_run(store: Store, project_id: Any, attempt: int = 1, **fields: Any):
     return store.create_run(
-        NewRun(project_id=project_id, name=f"train-{project_id}-{attempt}", attempt=attempt, **fields)
+        NewRun(
+            project_id=project_id, name=f"train-{project_id}-{attempt}", attempt=attempt, **fields
+        )
     )
 
 
@@ -66,7 +68,9 @@ def test_an_unknown_project_is_not_found(store: Store) -> None:
 def test_set_project_status_is_conditional_and_reports_the_actual_status(store: Store, db) -> None:
     project = store.create_project("digits", status="training")
 
-    assert store.set_project_status(project.id, "trained", expected=["training"]).status == "trained"
+    assert (
+        store.set_project_status(project.id, "trained", expected=["training"]).status == "trained"
+    )
     with pytest.raises(InvalidState) as lost:
         store.set_project_status(project.id, "failed", expected=["training", "pending_training"])
     assert lost.value.actual == "trained"
@@ -178,7 +182,9 @@ def test_concurrent_runs_of_one_project_leave_exactly_one(store: Store, db) -> N
     assert db.execute("select count(*) as n from training_runs").fetchone() == {"n": 1}
 
 
-def test_a_lost_conditional_update_reports_the_actual_phase_and_writes_nothing(store: Store, db) -> None:
+def test_a_lost_conditional_update_reports_the_actual_phase_and_writes_nothing(
+    store: Store, db
+) -> None:
     project = store.create_project("digits")
     run = new_run(store, project.id)
     store.update_run(run.id, RunUpdate(phase=Phase.SUCCEEDED), expected=[Phase.QUEUED])
@@ -204,7 +210,9 @@ def test_an_update_changes_only_the_fields_it_names(store: Store) -> None:
     project = store.create_project("digits")
     run = new_run(store, project.id, model_url="gs://bucket/p/models/a.pth")
 
-    running = store.update_run(run.id, RunUpdate(phase=Phase.RUNNING, progress={"epoch": 1, "total_epochs": 3}))
+    running = store.update_run(
+        run.id, RunUpdate(phase=Phase.RUNNING, progress={"epoch": 1, "total_epochs": 3})
+    )
     progressed = store.update_run(run.id, RunUpdate(progress={"epoch": 2, "total_epochs": 3}))
 
     assert running.progress == {"epoch": 1, "total_epochs": 3}
@@ -212,7 +220,10 @@ def test_an_update_changes_only_the_fields_it_names(store: Store) -> None:
     assert progressed.progress == {"epoch": 2, "total_epochs": 3}
     assert progressed.model_url == "gs://bucket/p/models/a.pth" and progressed.error is None
     # Nothing to change: the run as it is, or the condition's verdict.
-    assert store.update_run(run.id, RunUpdate(), expected=[Phase.RUNNING]).progress == progressed.progress
+    assert (
+        store.update_run(run.id, RunUpdate(), expected=[Phase.RUNNING]).progress
+        == progressed.progress
+    )
     with pytest.raises(InvalidState):
         store.update_run(run.id, RunUpdate(), expected=[Phase.QUEUED])
 
@@ -269,10 +280,16 @@ def test_a_model_is_recorded_once_per_run(store: Store, db) -> None:
         gcs_url="gs://bucket/p/models/digits.pth",
         metadata={"val_accuracy": 0.97},
     )
-    again = store.insert_model(project_id=project.id, run_id=run.id, name="other", gcs_url="gs://bucket/other.pth")
+    again = store.insert_model(
+        project_id=project.id, run_id=run.id, name="other", gcs_url="gs://bucket/other.pth"
+    )
 
     assert again == first
-    assert (first.name, first.gcs_url, first.metadata) == ("digits", "gs://bucket/p/models/digits.pth", {"val_accuracy": 0.97})
+    assert (first.name, first.gcs_url, first.metadata) == (
+        "digits",
+        "gs://bucket/p/models/digits.pth",
+        {"val_accuracy": 0.97},
+    )
     assert store.get_models(project.id) == [first]
     assert db.execute("select count(*) as n from models").fetchone() == {"n": 1}
 
@@ -283,7 +300,9 @@ def test_concurrent_model_records_of_one_run_agree(store: Store, db) -> None:
 
     outcomes = race(
         8,
-        lambda: store.insert_model(project_id=project.id, run_id=run.id, name="m", gcs_url="gs://bucket/m.pth"),
+        lambda: store.insert_model(
+            project_id=project.id, run_id=run.id, name="m", gcs_url="gs://bucket/m.pth"
+        ),
     )
 
     assert not [o for o in outcomes if isinstance(o, Exception)]

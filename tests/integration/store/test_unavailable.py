@@ -77,7 +77,9 @@ def test_postgres_store_reports_a_stopped_database(throwaway_pg: ThrowawayPostgr
         store.close()
 
 
-def test_supabase_store_reports_a_stopped_database_behind_the_endpoint(throwaway_pg: ThrowawayPostgres) -> None:
+def test_supabase_store_reports_a_stopped_database_behind_the_endpoint(
+    throwaway_pg: ThrowawayPostgres,
+) -> None:
     with serve(RestEndpoint(throwaway_pg.url, SERVICE_ROLE_KEY, pool_timeout=TIMEOUT)) as url:
         store = SupabaseStore(url, SERVICE_ROLE_KEY, timeout=PATIENCE / 2)
         store.ping()
@@ -99,7 +101,9 @@ def test_supabase_store_reports_a_stopped_endpoint(database_url: str) -> None:
 
 
 def test_postgres_store_gives_up_on_a_server_that_never_answers(silent_port: int) -> None:
-    store = PostgresStore(f"postgresql://agent:secret@127.0.0.1:{silent_port}/training", timeout=TIMEOUT)
+    store = PostgresStore(
+        f"postgresql://agent:secret@127.0.0.1:{silent_port}/training", timeout=TIMEOUT
+    )
     try:
         error = fails_within(PATIENCE, store.ping)
         assert "secret" not in str(error)
