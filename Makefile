@@ -39,6 +39,7 @@ benchmarks: $(STAMP) ## Run the benchmarks (prints tables; not part of the tests
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/operator_throughput.py
+	$(BIN)/python benchmarks/intake.py
 
 # --- deployment: container images and the Helm chart ---------------------------------------
 .PHONY: helm-venv chart-crds

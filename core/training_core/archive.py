@@ -205,6 +205,7 @@ class _Extraction:
         self.files = 0
         self.bytes_written = 0
         self.skipped: list[str] = []
+        self._checked_dirs: set[Path] = set()
 
     def admit(self, member: Member) -> PurePosixPath | None:
         """Check one entry; the path to write it at, or None if it is junk to skip."""
@@ -271,6 +272,8 @@ class _Extraction:
 
     def _ensure_parent(self, target: Path) -> None:
         parent = target.parent
+        if parent in self._checked_dirs:
+            return
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -281,6 +284,7 @@ class _Extraction:
         # anyway because a mistake here would write outside the scratch folder.
         if not parent.resolve().is_relative_to(self.dest.resolve()):
             raise UnsafeMember(f"{target} would be written outside the extraction folder")
+        self._checked_dirs.add(parent)
 
 
 def _extract_zip(path: Path, job: _Extraction) -> None:
@@ -312,7 +316,7 @@ def _extract_zip(path: Path, job: _Extraction) -> None:
                 continue
             with archive.open(info) as source:
                 job.write_file(relative, source)
-            check_ratio(str(relative), job.bytes_written, archive_size, job.limits)
+            check_ratio("the archive", job.bytes_written, archive_size, job.limits)
 
 
 def _extract_tar(path: Path, job: _Extraction) -> None:
