@@ -50,6 +50,18 @@ EVERYTHING_ON = helm.deep_merge(
 )
 
 
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """The objects of one install with the defaults and one with everything on, for the
+    tests that only read them (each install takes a second or two)."""
+    out = {}
+    for name, values in {"defaults": REQUIRED, "everything-on": EVERYTHING_ON}.items():
+        with running_kube_api() as api:
+            kubeconfig = api.kubeconfig(tmp_path_factory.mktemp(name) / "kubeconfig", NAMESPACE)
+            out[name] = helm.install(values, kubeconfig, NAMESPACE)
+    return out
+
+
 @pytest.fixture
 def kube_api() -> Iterator[KubeAPI]:
     with running_kube_api() as api:

@@ -20,6 +20,7 @@ from training_core.settings import Settings, load_settings
 from training_operator.config import OperatorConfig
 
 Install = Callable[..., list[dict[str, Any]]]
+Rendered = dict[str, list[dict[str, Any]]]
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current GKE one.
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
@@ -84,8 +85,8 @@ def test_every_rendered_object_is_valid_kubernetes(
     assert ("CustomResourceDefinition", "trainingruns.training.automl.dev") in stored
 
 
-def test_default_install_makes_the_core_objects(install: Install) -> None:
-    kinds = sorted(obj["kind"] for obj in install(REQUIRED))
+def test_default_install_makes_the_core_objects(rendered: Rendered) -> None:
+    kinds = sorted(obj["kind"] for obj in rendered["defaults"])
     assert kinds == sorted(
         ["ConfigMap", "Deployment", "Deployment", "PodDisruptionBudget", "Role", "Role",
          "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount",
@@ -93,8 +94,8 @@ def test_default_install_makes_the_core_objects(install: Install) -> None:
     )
 
 
-def test_everything_on_adds_ingress_monitoring_and_network_policies(install: Install) -> None:
-    objects = install(EVERYTHING_ON)
+def test_everything_on_adds_ingress_monitoring_and_network_policies(rendered: Rendered) -> None:
+    objects = rendered["everything-on"]
     [ingress] = by_kind(objects, "Ingress")
     assert ingress["spec"]["ingressClassName"] == "gce"
     assert ingress["spec"]["tls"] == [{"hosts": ["training.acme.example"], "secretName": "training-acme-tls"}]
@@ -133,9 +134,9 @@ def test_the_crd_is_a_valid_custom_resource_definition() -> None:
 
 # -- what the pods read --------------------------------------------------------------------------
 def test_settings_configmap_loads_as_the_agents_settings(
-    install: Install, monkeypatch: pytest.MonkeyPatch
+    rendered: Rendered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    objects = install(EVERYTHING_ON)
+    objects = rendered["everything-on"]
     # Whole numbers stay whole (YAML numbers reach templates as floats).
     assert one(objects, "ConfigMap", "settings")["data"]["MAX_DOWNLOAD_BYTES"] == "53687091200"
     settings = settings_of(objects, monkeypatch)
@@ -148,8 +149,8 @@ def test_settings_configmap_loads_as_the_agents_settings(
     assert settings.default_learning_rate == 0.0005
 
 
-def test_every_container_reads_the_settings_and_secrets_by_reference(install: Install) -> None:
-    objects = install(EVERYTHING_ON)
+def test_every_container_reads_the_settings_and_secrets_by_reference(rendered: Rendered) -> None:
+    objects = rendered["everything-on"]
     configmap = one(objects, "ConfigMap", "settings")["metadata"]["name"]
     for component in ("api", "operator"):
         spec = container(objects, component)
@@ -193,8 +194,8 @@ def test_operator_environment_is_a_valid_operator_config(
     assert ("ClusterRole" in role_kinds) is watch_all and ("Role" in role_kinds) is not watch_all
 
 
-def test_pods_are_locked_down(install: Install) -> None:
-    for deployment in by_kind(install(EVERYTHING_ON), "Deployment"):
+def test_pods_are_locked_down(rendered: Rendered) -> None:
+    for deployment in by_kind(rendered["everything-on"], "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
@@ -208,8 +209,8 @@ def test_pods_are_locked_down(install: Install) -> None:
             assert spec["resources"]["limits"]["memory"]
 
 
-def test_operator_runs_alone_and_the_api_stays_available(install: Install) -> None:
-    objects = install(EVERYTHING_ON)
+def test_operator_runs_alone_and_the_api_stays_available(rendered: Rendered) -> None:
+    objects = rendered["everything-on"]
     operator = one(objects, "Deployment", "operator")["spec"]
     assert operator["replicas"] == 1 and operator["strategy"] == {"type": "Recreate"}
     assert operator["template"]["spec"]["containers"][0]["args"] == ["operator"]
@@ -224,8 +225,8 @@ def test_operator_runs_alone_and_the_api_stays_available(install: Install) -> No
     assert pdb["selector"]["matchLabels"].items() <= api["template"]["metadata"]["labels"].items()
 
 
-def test_service_accounts_and_workload_identity(install: Install) -> None:
-    objects = install(EVERYTHING_ON)
+def test_service_accounts_and_workload_identity(rendered: Rendered) -> None:
+    objects = rendered["everything-on"]
     trainer = one(objects, "ServiceAccount", "trainer")
     assert trainer["metadata"]["annotations"] == {
         "iam.gke.io/gcp-service-account": "training-jobs@acme-ml.iam.gserviceaccount.com"
@@ -310,7 +311,7 @@ def test_config_schema_offers_every_setting() -> None:
 
 
 # -- chart values → a run's Job ------------------------------------------------------------------
-def test_gpu_values_reach_the_training_jobs(install: Install, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_values_reach_the_training_jobs(rendered: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
     """trainer.gpu (2 × A100 on Spot) → settings ConfigMap → the API's plan of a run →
     TrainingRun → the operator's Job: placed on those nodes, valid for Kubernetes and the CRD."""
     import uuid
@@ -320,7 +321,7 @@ def test_gpu_values_reach_the_training_jobs(install: Install, monkeypatch: pytes
     from training_core.launchers.kubernetes import training_run_resource
     from training_operator.builders import job_manifest
 
-    objects = install(EVERYTHING_ON)
+    objects = rendered["everything-on"]
     settings = settings_of(objects, monkeypatch)
     for name, value in env_of(container(objects, "operator")).items():
         if name.startswith("OPERATOR_"):

@@ -164,25 +164,25 @@ def test_trainer_keeps_the_base_images_torch() -> None:
     assert env_value(instructions, "TORCH_HOME")
 
 
-def _torch_home_with_cached_weights(torch_home: Path) -> None:
-    """A hub cache holding a (tiny, valid) file for each model, so nothing is downloaded."""
-    import torch
-    import torchvision
-
-    checkpoints = torch_home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    for name in SUPPORTED_MODELS:
-        url = torchvision.models.get_model_weights(name).DEFAULT.url
-        torch.save({}, checkpoints / Path(url).name)
+# Seeds the hub cache with a tiny, valid file per model, so that the bake below downloads
+# nothing (no network here) yet runs exactly as in the image build.
+_SEED_CACHE = """
+import pathlib, torch, torchvision
+from training_core.runspec import SUPPORTED_MODELS
+checkpoints = pathlib.Path(torch.hub.get_dir()) / "checkpoints"
+checkpoints.mkdir(parents=True)
+for name in SUPPORTED_MODELS:
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    torch.save({}, checkpoints / pathlib.Path(url).name)
+"""
 
 
 def test_trainer_image_bakes_weights_for_every_supported_model(tmp_path: Path) -> None:
     [bake] = [i for i in parse(DOCKERFILES["trainer"]) if i.keyword == "RUN" and i.heredoc]
     assert bake.arguments.startswith("python - <<")
-    _torch_home_with_cached_weights(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-"], input=bake.heredoc, capture_output=True, text=True, check=False,
-        env={"TORCH_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-"], input=_SEED_CACHE + bake.heredoc, capture_output=True, text=True,
+        check=False, env={"TORCH_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
     # One line per model, each naming the file the trainer's own lookup found.

@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kubernetes import client
 
+from tests.deploy import helm
 from tests.deploy.conftest import REQUIRED
 from tests.deploy.kube_api import KubeAPI
 from training_core.domain import Phase, Run, run_name
@@ -80,3 +82,13 @@ def test_api_role_grants_exactly_what_the_launcher_calls(install: Install, kube_
     assert bound_to_its_service_account(objects, role)
 
 
+
+
+@pytest.mark.parametrize("watch_all", [False, True], ids=["namespaced", "cluster-wide"])
+def test_operator_role_is_exactly_the_operators_permissions(watch_all: bool, install: Install) -> None:
+    from training_operator.permissions import as_rbac_rules
+
+    objects = install(helm.deep_merge(REQUIRED, {"operator": {"watchAllNamespaces": watch_all}}))
+    role = role_of(objects, "operator", "ClusterRole" if watch_all else "Role")
+    assert role["rules"] == as_rbac_rules()
+    assert bound_to_its_service_account(objects, role)
