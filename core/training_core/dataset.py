@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from training_core.archive import JUNK_NAMES
 from training_core.errors import InvalidInput
 
 # The extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS);
@@ -167,7 +168,10 @@ def split_samples(
 
 
 def _visible(folder: Path) -> list[str]:
-    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+    """Entries that are part of the dataset: not hidden, not OS droppings (``__MACOSX``)."""
+    return sorted(
+        name for name in os.listdir(folder) if not name.startswith(".") and name not in JUNK_NAMES
+    )
 
 
 def _class_folders(split_dir: Path, split: str) -> list[str]:

@@ -88,6 +88,7 @@ def test_samples_and_classes_match_torchvision_image_folder(tmp_path: Path) -> N
 def test_a_single_wrapper_folder_is_accepted(tmp_path: Path) -> None:
     layout(tmp_path / "my-dataset", {"train": {"a": 1}, "val": {"a": 1}})
     (tmp_path / ".DS_Store").write_text("junk")
+    (tmp_path / "__MACOSX" / "my-dataset").mkdir(parents=True)
     dataset = describe_dataset(tmp_path)
     assert dataset.root == tmp_path / "my-dataset"
     assert dataset.splits["val"].samples == (("val/a/0.png", 0),)
