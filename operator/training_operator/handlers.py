@@ -75,6 +75,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_client_timeout_seconds
     settings.watching.connect_timeout = 30
+    # The CRD is installed before the operator starts: no cluster-wide scan of namespaces or
+    # CRDs is needed, so a namespaced Role is enough.
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # kopf's own failures become Events; chatter does not
     settings.execution.max_workers = 16
     memo.config = config
