@@ -251,3 +251,17 @@ def test_the_store_reports_a_proxy_error_page_as_unavailable() -> None:
         finally:
             store.close()
             proxy.shutdown()
+
+
+def test_single_reads_one_object_and_unimplemented_options_are_refused(client: Client) -> None:
+    client.table("projects").insert([{"name": "a"}, {"name": "b"}]).execute()
+
+    one = client.table("projects").select("name").eq("name", "a").single().execute()
+    with pytest.raises(APIError) as several:
+        client.table("projects").select("name").single().execute()
+    with pytest.raises(APIError) as counted:
+        client.table("projects").select("name", count="exact").execute()
+
+    assert one.data == {"name": "a"}
+    assert several.value.code == "PGRST116"
+    assert counted.value.code == "TEST501"
