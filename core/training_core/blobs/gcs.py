@@ -134,20 +134,23 @@ class GcsBlobStore(BlobStore):
                 handle.seek(0)
                 handle.truncate()
                 writer = CountingWriter(handle, url=url, max_bytes=max_bytes)
-                pinned.download_to_file(
-                    writer, checksum="crc32c", timeout=self._timeout, retry=None
-                )
+                pinned.download_to_file(writer, **self._raw_download)
                 _check_crc(url, info.crc32c, writer.crc32c)
 
             self._retrying("download", url, self._download_attempts, attempt)
             commit(tmp, handle, dest, create_only=False)
         return info
 
+    @property
+    def _raw_download(self) -> dict[str, object]:
+        # The stored bytes exactly (no gzip transcoding), so size and crc32c are the object's.
+        return {"raw_download": True, "checksum": "crc32c", "timeout": self._timeout, "retry": None}
+
     def read_bytes(self, url: str) -> bytes:
         blob = self._blob(url)
 
         def attempt() -> bytes:
-            return blob.download_as_bytes(checksum="crc32c", timeout=self._timeout, retry=None)
+            return blob.download_as_bytes(**self._raw_download)
 
         return self._retrying("read", url, self._download_attempts, attempt)
 

@@ -157,6 +157,10 @@ class LocalBlobStore(BlobStore):
     ) -> BlobInfo:
         path = self._path(url)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise _name_clash(url) from None
+        try:
             with temporary_sibling(path, prefix=f"{_RESERVED}tmp-") as (tmp, handle):
                 writer = CountingWriter(handle, url=url)
                 writer.write_all(chunks)
@@ -175,7 +179,7 @@ class LocalBlobStore(BlobStore):
         except FileExistsError:
             raise BlobExists(url) from None
         except (IsADirectoryError, NotADirectoryError):
-            raise BlobError(f"cannot write {url}: a folder is in the way") from None
+            raise _name_clash(url) from None
         return BlobInfo(
             url=url, size=writer.size, crc32c=writer.crc32c, metadata=sidecar["metadata"]
         )
@@ -211,6 +215,10 @@ def _verify(url: str, info: BlobInfo, crc32c: str) -> None:
         raise ChecksumMismatch(
             f"{url}: checksum mismatch (crc32c {crc32c}, expected {info.crc32c})"
         )
+
+
+def _name_clash(url: str) -> BlobError:
+    return BlobError(f"cannot write {url}: a file and a folder would have one name")
 
 
 def _too_large(url: str, size: int, max_bytes: int) -> BlobError:

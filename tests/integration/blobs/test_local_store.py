@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 from training_core.blobs import open_blob_store
-from training_core.errors import ChecksumMismatch, InsufficientDiskSpace, InvalidInput
+from training_core.blobs._files import CountingWriter
+from training_core.errors import (
+    BlobError,
+    BlobTooLarge,
+    ChecksumMismatch,
+    InsufficientDiskSpace,
+    InvalidInput,
+)
 from training_core.settings import load_settings
 
 
@@ -56,3 +63,24 @@ def test_free_disk_space_is_checked_before_download(bucket: Path, tmp_path: Path
     with pytest.raises(InsufficientDiskSpace, match="not enough free disk space"):
         store.download(url, tmp_path / "dl" / "dataset.zip")
     assert not (tmp_path / "dl" / "dataset.zip").exists()
+
+
+def test_a_name_taken_by_a_folder_or_file_is_a_clear_error(bucket: Path) -> None:
+    store = open_blob_store(load_settings())
+    store.write_bytes(f"file://{bucket}/models/m.pth", b"weights")
+    with pytest.raises(BlobError, match="a file and a folder would have one name"):
+        store.write_bytes(f"file://{bucket}/models", b"x")
+    with pytest.raises(BlobError, match="a file and a folder would have one name"):
+        store.write_bytes(f"file://{bucket}/models/m.pth/inner", b"x")
+    assert store.list(f"file://{bucket}/") == [f"file://{bucket}/models/m.pth"]
+
+
+def test_a_stream_longer_than_max_bytes_is_cut_off(tmp_path: Path) -> None:
+    """The guard behind every download, for bytes that outgrow the size announced first."""
+    target = tmp_path / "out"
+    with target.open("wb") as handle:
+        writer = CountingWriter(handle, url="gs://b/raw/x.zip", max_bytes=10)
+        writer.write(b"12345")
+        with pytest.raises(BlobTooLarge, match="larger than the limit of 10 bytes"):
+            writer.write(b"678901")
+    assert target.read_bytes() == b"12345"  # the caller's temp file, removed by the caller
