@@ -11,7 +11,7 @@ CHART          := deploy/helm/training-agent
 # own. A pyenv shim answers `command -v` even when it cannot run, so each candidate is tried.
 HELM_VENV      := $(VENV)/helm-sdk
 HELM_STAMP     := $(HELM_VENV)/.installed
-PYTHON_HELM    ?= $(shell for p in python3.14 python3.13 python3.12 $$(ls -dr $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 2>/dev/null); do "$$p" -c 'import sys; assert sys.version_info >= (3, 12); print(sys.executable)' 2>/dev/null && break; done)
+PYTHON_HELM    ?= $(shell for p in python3.14 python3.13 python3.12 $$(ls -dr $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3 $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python3 2>/dev/null); do "$$p" -c 'import sys; assert sys.version_info >= (3, 12); print(sys.executable)' 2>/dev/null && break; done)
 
 .DEFAULT_GOAL := help
 .PHONY: help test demo venv lint images benchmarks clean
@@ -47,7 +47,7 @@ benchmarks: $(STAMP) ## Run the benchmarks (prints tables; not part of the tests
 $(HELM_STAMP):
 	@test -n "$(PYTHON_HELM)" || { echo "the chart tests need Python >= 3.12 for helm-sdkpy: install one or set PYTHON_HELM=/path/to/python3.12" >&2; exit 1; }
 	$(PYTHON_HELM) -m venv $(HELM_VENV)
-	$(HELM_VENV)/bin/pip install --quiet "helm-sdkpy>=0.1.32,<0.2"
+	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check "helm-sdkpy>=0.1.32,<0.2"
 	touch $@
 
 helm-venv: $(HELM_STAMP) ## Create the Python 3.12 venv with helm-sdkpy (the chart tests use it)

@@ -30,7 +30,7 @@ EVERYTHING_ON = helm.deep_merge(
         "config": {"MAX_DOWNLOAD_BYTES": 53687091200, "DEFAULT_LEARNING_RATE": 0.0005},
         "api": {
             "replicas": 3,
-            "serviceAccount": {"gcpServiceAccount": "training-api@acme-ml.iam.gserviceaccount.com"},
+            "serviceAccount": {"annotations": {"example.com/owner": "ml-platform"}},
             "ingress": {
                 "enabled": True,
                 "className": "gce",

@@ -56,11 +56,11 @@ def lint(chart: Path, workdir: Path) -> dict[str, Any]:
     return _run({"action": "lint", "chart": str(chart), "namespace": "default", "home": str(workdir)})
 
 
-def install(
+def install_release(
     values: dict[str, Any], kubeconfig: Path, namespace: str, release: str = "agent"
-) -> list[dict[str, Any]]:
-    """Install the chart; returns the rendered manifest's objects (CRDs excluded)."""
-    result = _run(
+) -> dict[str, Any]:
+    """Install the chart; returns Helm's release record (manifest, notes, status)."""
+    return _run(
         {
             "action": "install",
             "chart": str(CHART),
@@ -71,7 +71,14 @@ def install(
             "home": str(kubeconfig.parent),
         }
     )
-    return [doc for doc in yaml.safe_load_all(result["manifest"]) if doc]
+
+
+def install(
+    values: dict[str, Any], kubeconfig: Path, namespace: str, release: str = "agent"
+) -> list[dict[str, Any]]:
+    """Install the chart; returns the rendered manifest's objects (CRDs excluded)."""
+    manifest = install_release(values, kubeconfig, namespace, release)["manifest"]
+    return [doc for doc in yaml.safe_load_all(manifest) if doc]
 
 
 def chart_with_values(values: dict[str, Any], workdir: Path) -> Path:

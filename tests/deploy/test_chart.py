@@ -112,6 +112,10 @@ def test_everything_on_adds_ingress_monitoring_and_network_policies(rendered: Re
     assert set(policies) == {"api", "operator", "trainer"}
     assert policies["operator"]["ingress"] == [] and policies["trainer"]["ingress"] == []
     assert policies["api"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
+    sources = policies["api"]["ingress"][0]["from"]
+    assert {"podSelector": {}} in sources  # the release namespace
+    assert {"ipBlock": {"cidr": "35.191.0.0/16"}} in sources  # the GKE Ingress load balancer
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
     # The trainer policy selects the pods the operator's Jobs make.
     from training_operator.builders import job_labels
 
@@ -130,6 +134,18 @@ def test_the_crd_is_a_valid_custom_resource_definition() -> None:
     crd = yaml.safe_load(CHART_CRD.read_text())
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(crd, version, strict=True)
+
+
+def test_install_notes_give_the_next_steps(kube_api: KubeAPI, tmp_path: Path) -> None:
+    kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+    release = helm.install_release(REQUIRED, kubeconfig, NAMESPACE)
+    assert release["info"]["status"] == "deployed"
+    notes = release["info"]["notes"]
+    assert "create secret generic training-agent-supabase" in notes
+    assert "--from-literal=API_TOKENS=" in notes
+    assert "port-forward svc/agent-training-agent-api 8000:80" in notes
+    assert f"kubectl -n {NAMESPACE} get trainingruns" in notes
+    assert "trainer.serviceAccount.gcpServiceAccount is empty" in notes
 
 
 # -- what the pods read --------------------------------------------------------------------------
@@ -233,8 +249,7 @@ def test_service_accounts_and_workload_identity(rendered: Rendered) -> None:
     }
     assert trainer["automountServiceAccountToken"] is False  # the trainer never calls Kubernetes
     assert trainer["imagePullSecrets"] == [{"name": "registry-credentials"}]
-    api = one(objects, "ServiceAccount", "api")
-    assert api["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].startswith("training-api@")
+    assert one(objects, "ServiceAccount", "api")["metadata"]["annotations"] == {"example.com/owner": "ml-platform"}
     assert "annotations" not in one(objects, "ServiceAccount", "operator")["metadata"]
 
 
