@@ -63,17 +63,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
 
 
 @pytest.fixture
-def kube_api() -> Iterator[KubeAPI]:
+def cluster() -> Iterator[KubeAPI]:
     with running_kube_api() as api:
         yield api
 
 
 @pytest.fixture
-def install(kube_api: KubeAPI, tmp_path: Path) -> Callable[..., list[dict[str, Any]]]:
+def install(cluster: KubeAPI, tmp_path: Path) -> Callable[..., list[dict[str, Any]]]:
     """Install the chart with some values; returns the rendered objects (CRDs excluded)."""
 
     def _install(values: dict[str, Any], namespace: str = NAMESPACE) -> list[dict[str, Any]]:
-        kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", namespace)
+        kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", namespace)
         return helm.install(values, kubeconfig, namespace)
 
     return _install

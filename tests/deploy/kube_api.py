@@ -1,5 +1,10 @@
 """A Kubernetes API server for the chart and RBAC tests: kmock's emulator in its own thread.
 
+It serves every kind the chart installs (apps, RBAC, networking, policy, CRDs, and the
+Prometheus Operator's ServiceMonitor when asked); Helm needs nothing more of it than to
+store what it sends, so plain kmock does, unlike the operator's test cluster
+(tests/fixtures/kube.py), which adds uids, versions and tables for kopf and kubectl.
+
 kmock serves what its resources declare; two corrections make Helm and the official client
 work with it (see TESTING.md): core ``/api/v1`` discovery names its group version ``v1``
 (kmock says ``/v1``, and Helm then cannot map ConfigMap & co.), and ``/version`` reports the

@@ -70,7 +70,7 @@ def test_chart_lints_without_warnings(values: dict[str, Any], tmp_path: Path) ->
 
 @pytest.mark.parametrize("values", [REQUIRED, EVERYTHING_ON], ids=["defaults", "everything-on"])
 def test_every_rendered_object_is_valid_kubernetes(
-    values: dict[str, Any], install: Install, kube_api: KubeAPI
+    values: dict[str, Any], install: Install, cluster: KubeAPI
 ) -> None:
     objects = install(values)
     for obj in objects:
@@ -80,7 +80,7 @@ def test_every_rendered_object_is_valid_kubernetes(
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
     # Everything rendered reached the API server, the CRD (from crds/) first.
-    stored = {(obj["kind"], obj["metadata"]["name"]) for obj in kube_api.objects()}
+    stored = {(obj["kind"], obj["metadata"]["name"]) for obj in cluster.objects()}
     assert {(obj["kind"], obj["metadata"]["name"]) for obj in objects} <= stored
     assert ("CustomResourceDefinition", "trainingruns.training.automl.dev") in stored
 
@@ -136,8 +136,8 @@ def test_the_crd_is_a_valid_custom_resource_definition() -> None:
         kubernetes_validate.validate(crd, version, strict=True)
 
 
-def test_install_notes_give_the_next_steps(kube_api: KubeAPI, tmp_path: Path) -> None:
-    kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+def test_install_notes_give_the_next_steps(cluster: KubeAPI, tmp_path: Path) -> None:
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
     release = helm.install_release(REQUIRED, kubeconfig, NAMESPACE)
     assert release["info"]["status"] == "deployed"
     notes = release["info"]["notes"]
@@ -271,7 +271,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("bad", "where", "what"), BAD_VALUES, ids=[w + ":" + (m or "const") for _, w, m in BAD_VALUES])
 def test_bad_values_are_refused_with_a_clear_message(
-    bad: dict[str, Any], where: str, what: str, install: Install, kube_api: KubeAPI
+    bad: dict[str, Any], where: str, what: str, install: Install, cluster: KubeAPI
 ) -> None:
     with pytest.raises(helm.HelmError) as refused:
         install(helm.deep_merge(REQUIRED, bad))
@@ -279,7 +279,7 @@ def test_bad_values_are_refused_with_a_clear_message(
     assert "values don't meet the specifications of the schema" in message
     assert f"at '{where}'" in message and what in message, message
     # Nothing was installed (Helm puts crds/ in place before it reads the values).
-    assert [obj["kind"] for obj in kube_api.objects()] == ["CustomResourceDefinition"]
+    assert [obj["kind"] for obj in cluster.objects()] == ["CustomResourceDefinition"]
 
 
 def test_missing_required_settings_are_named(install: Install) -> None:

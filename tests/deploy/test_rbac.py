@@ -47,10 +47,10 @@ def bound_to_its_service_account(objects: list[dict[str, Any]], role: dict[str, 
     return binding["roleRef"]["kind"] == role["kind"] and subject["name"] in account_names and subject["name"] == role["metadata"]["name"]
 
 
-def launcher_calls(kube_api: KubeAPI, namespace: str) -> set[Grant]:
+def launcher_calls(cluster: KubeAPI, namespace: str) -> set[Grant]:
     """Every call the API's Kubernetes launcher makes, through each of its operations."""
     configuration = client.Configuration()
-    configuration.host = kube_api.url
+    configuration.host = cluster.url
     launcher = KubernetesLauncher(namespace, client.ApiClient(configuration))
     project_id = uuid.uuid4()
     spec = RunSpec(
@@ -70,13 +70,13 @@ def launcher_calls(kube_api: KubeAPI, namespace: str) -> set[Grant]:
         assert launcher.get(spec.run_name) is None
     finally:
         launcher.close()
-    return {call for call in kube_api.calls() if call[0] == "training.automl.dev"}
+    return {call for call in cluster.calls() if call[0] == "training.automl.dev"}
 
 
-def test_api_role_grants_exactly_what_the_launcher_calls(install: Install, kube_api: KubeAPI) -> None:
+def test_api_role_grants_exactly_what_the_launcher_calls(install: Install, cluster: KubeAPI) -> None:
     objects = install(REQUIRED)
     role = role_of(objects, "api")
-    calls = launcher_calls(kube_api, "training")
+    calls = launcher_calls(cluster, "training")
     assert calls, "the launcher made no calls"
     assert grants(role["rules"]) == calls
     assert bound_to_its_service_account(objects, role)
