@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import io
+
+import torch
+
+from trainer.data import CachedImages, Split
+from trainer.engine import (
+    EpochResult,
+    Interrupted,
+    TrainConfig,
+    Trainer,
+    epoch_order,
+    should_compile,
+)
+from trainer.models import create_model
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+
+
+class _Tensors(CachedImages):
+    """A split held in memory already (the decoded cache, without files)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels, self.device = images, labels, CPU
+
+
+def _trainer(seed: int = 7) -> Trainer:
+    # Two classes a network can tell apart: dark and bright images, with noise.
+    labels = torch.arange(48) % 2
+    noise = torch.randint(0, 100, (48, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    images = (labels.view(-1, 1, 1, 1) * 120 + noise).to(torch.uint8)
+    torch.manual_seed(seed)  # the model's initial weights
+    train = _Tensors(images[:40], labels[:40])
+    val = _Tensors(images[40:], labels[40:])
+    config = TrainConfig(epochs=3, learning_rate=0.001, batch_size=4, seed=seed, compile="off")
+    return Trainer(create_model("resnet18", 2), train, 40, val, 8, 2, config, CPU)
+
+
+def test_compile_only_where_it_pays() -> None:
+    assert should_compile("on", CPU, 10)
+    assert not should_compile("off", CUDA, 10**6)
+    assert should_compile("auto", CUDA, 5000)
+    assert not should_compile("auto", CUDA, 100)  # compiling would cost more than it saves
+    assert not should_compile("auto", CPU, 10**6)
+
+
+def test_epoch_orders_are_seeded_permutations() -> None:
+    first = epoch_order(1, 1, 50)
+    assert sorted(first.tolist()) == list(range(50))
+    assert torch.equal(first, epoch_order(1, 1, 50))
+    assert not torch.equal(first, epoch_order(1, 2, 50))
+    assert not torch.equal(first, epoch_order(2, 1, 50))
+
+
+def test_training_reports_each_epoch_and_learns() -> None:
+    trainer = _trainer()
+    seen: list[EpochResult] = []
+    history = trainer.fit(seen.append)
+    assert [r.epoch for r in seen] == [1, 2, 3] and history == seen
+    assert all(r.images_per_second > 0 and r.train_loss > 0 for r in seen)
+    assert seen[-1].val_accuracy == 1.0  # dark vs bright
+    assert trainer.eta_seconds() == 0
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights() -> None:
+    uninterrupted = _trainer()
+    uninterrupted.fit(lambda _: None)
+
+    first = _trainer()
+    batches = 0
+
+    def stop_after_three_batches() -> bool:
+        nonlocal batches
+        batches += 1
+        return batches > 13  # 10 batches make epoch 1; stop in the middle of epoch 2
+
+    try:
+        first.fit(lambda _: None, stop_after_three_batches)
+    except Interrupted as interrupted:
+        assert "stopped in epoch 2 after 3 batches" in str(interrupted)
+    else:
+        raise AssertionError("the stop request was ignored")
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)  # what the bucket holds
+
+    resumed = _trainer(seed=99)  # a new process: other random state, the seed from the checkpoint
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    assert resumed.progress.epochs_done == 1 and resumed.progress.position.batches == 3
+    history = resumed.fit(lambda _: None)
+
+    assert [r.epoch for r in history] == [1, 2, 3]
+    for name, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name

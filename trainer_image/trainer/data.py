@@ -1,0 +1,254 @@
+"""The input pipeline: images in, normalised (and, for training, augmented) batches out.
+
+Two ways to feed the device, chosen by memory:
+
+* **cache** — when every image, decoded and resized, fits the memory budget: decode each
+  image once (in parallel threads; PIL releases the GIL) into one uint8 tensor, on the GPU
+  when it fits there. An epoch is then only tensor indexing: no decoding, no workers.
+* **stream** — otherwise: a ``DataLoader`` whose workers decode and resize, with pinned
+  memory, prefetching and persistent workers.
+
+Both yield uint8 batches; normalisation and augmentation (random resized crop and
+horizontal flip) run on the device on whole batches, as tensor operations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from training_core.errors import InvalidInput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RAM_FRACTION = 0.5  # of available RAM the cache may take
+GPU_FRACTION = 0.3  # of free GPU memory: the rest is for the model and its activations
+CROP_SCALE = (0.5, 1.0)  # light: a crop keeps at least half of the image
+CROP_RATIO = (3 / 4, 4 / 3)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset: image files and their class indices, in a fixed order."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    mode: Literal["cache", "stream"]
+    cache_device: str | None
+    reason: str
+
+
+def plan_pipeline(
+    num_images: int, image_size: int, *, ram_budget: int, gpu_budget: int | None
+) -> PipelinePlan:
+    """Decide where the decoded images live: GPU cache, RAM cache, or streamed from disk."""
+    needed = num_images * 3 * image_size * image_size
+    size = f"{num_images} images × {image_size}² px = {_mib(needed)}"
+    if gpu_budget is not None and needed <= gpu_budget:
+        return PipelinePlan("cache", "cuda", f"{size} fit the GPU budget of {_mib(gpu_budget)}")
+    if needed <= ram_budget:
+        return PipelinePlan("cache", "cpu", f"{size} fit the RAM budget of {_mib(ram_budget)}")
+    return PipelinePlan("stream", None, f"{size} exceed the RAM budget of {_mib(ram_budget)}")
+
+
+def memory_budgets(device: torch.device) -> tuple[int, int | None]:
+    """(RAM budget, GPU budget or None) in bytes for the decoded-image cache."""
+    ram = int(available_ram() * RAM_FRACTION)
+    if device.type != "cuda":
+        return ram, None
+    free, _total = torch.cuda.mem_get_info(device)
+    return ram, int(free * GPU_FRACTION)
+
+
+def available_ram() -> int:
+    """Available memory, bounded by the container's cgroup limit where there is one."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
+
+
+def decode_resized(path: Path, size: int) -> np.ndarray:
+    """One image as a (size, size, 3) uint8 array; a clear error for an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it can
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.array(rgb, dtype=np.uint8)  # writable: torch.from_numpy shares it
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise InvalidInput(f"cannot decode image {path.name}: {error}") from None
+
+
+def decode_all(paths: Sequence[Path], size: int, threads: int | None = None) -> torch.Tensor:
+    """Every image decoded once into one (N, 3, size, size) uint8 tensor."""
+    cache = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    threads = threads or min(32, (os.cpu_count() or 1) * 2)
+
+    def fill(index: int) -> None:
+        cache[index] = torch.from_numpy(decode_resized(paths[index], size)).permute(2, 0, 1)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(fill, range(len(paths))):
+            pass
+    return cache
+
+
+class BatchSource(Protocol):
+    def batches(self, order: torch.Tensor, batch_size: int, skip: int = 0) -> Iterator[Batch]:
+        """uint8 images and int64 labels on the device, in ``order``, from batch ``skip`` on."""
+
+
+class CachedImages:
+    """The decoded split in one tensor (on the GPU when it fits): batches are slices."""
+
+    def __init__(self, split: Split, size: int, device: torch.device, cache_device: str) -> None:
+        images = decode_all(split.paths, size)
+        labels = torch.tensor(split.labels, dtype=torch.int64)
+        self.device = device
+        if cache_device == "cuda":
+            self.images, self.labels = images.to(device), labels.to(device)
+        else:
+            pin = device.type == "cuda"
+            self.images = images.pin_memory() if pin else images
+            self.labels = labels.pin_memory() if pin else labels
+
+    def batches(self, order: torch.Tensor, batch_size: int, skip: int = 0) -> Iterator[Batch]:
+        order = order.to(self.images.device)
+        for start in range(skip * batch_size, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield (
+                self.images[index].to(self.device, non_blocking=True),
+                self.labels[index].to(self.device, non_blocking=True),
+            )
+
+
+class _Decoded(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    def __init__(self, split: Split, size: int) -> None:
+        self.split, self.size = split, size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        array = decode_resized(self.split.paths[index], self.size)
+        return torch.from_numpy(array).permute(2, 0, 1), self.split.labels[index]
+
+
+class _OrderedBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices in an order set before each pass (workers persist across epochs)."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.batch_size = 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(0, len(self.order), self.batch_size):
+            yield self.order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+
+class StreamedImages:
+    """Decoded on the fly by ``DataLoader`` workers, for datasets larger than memory."""
+
+    def __init__(self, split: Split, size: int, device: torch.device, workers: int) -> None:
+        self.device = device
+        self.sampler = _OrderedBatches()
+        self.loader = torch.utils.data.DataLoader(
+            _Decoded(split, size),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=workers > 0,
+        )
+
+    def batches(self, order: torch.Tensor, batch_size: int, skip: int = 0) -> Iterator[Batch]:
+        self.sampler.order = order[skip * batch_size :].tolist()
+        self.sampler.batch_size = batch_size
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def open_split(split: Split, size: int, device: torch.device, plan: PipelinePlan) -> BatchSource:
+    if plan.mode == "cache":
+        assert plan.cache_device is not None
+        return CachedImages(split, size, device, plan.cache_device)
+    workers = min(8, max(1, (os.cpu_count() or 2) - 1))
+    return StreamedImages(split, size, device, workers)
+
+
+class DeviceTransform:
+    """Normalisation (and train-time augmentation) of uint8 batches on their device."""
+
+    def __init__(self, device: torch.device, channels_last: bool = False) -> None:
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add.
+        self.scale = 1 / (255 * std)
+        self.shift = -mean / std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = torch.addcmul(self.shift, images.float(), self.scale)
+        if train:
+            x = random_resized_crop_flip(x)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def random_resized_crop_flip(x: torch.Tensor) -> torch.Tensor:
+    """Per image: a random crop (scale, aspect ratio) resized back, mirrored half the time.
+
+    One affine grid for the whole batch instead of a crop per image.
+    """
+    n = x.shape[0]
+    area = torch.empty(n, device=x.device).uniform_(*CROP_SCALE)
+    log_ratio = torch.empty(n, device=x.device).uniform_(*(math.log(r) for r in CROP_RATIO))
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    centre_x = (torch.rand(n, device=x.device) * 2 - 1) * (1 - width)
+    centre_y = (torch.rand(n, device=x.device) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = centre_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = centre_y
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"

@@ -1,0 +1,306 @@
+"""The training loop, in the shape of torchvision's reference script: ``train_one_epoch``,
+``evaluate`` and a :class:`Trainer` whose ``state_dict`` is one resumable checkpoint.
+
+Adam and cross entropy; on CUDA, bf16 autocast and channels_last; ``torch.compile`` where
+it pays. Each epoch's batch order comes from ``(seed, epoch)``, so a run resumed in the
+middle of an epoch sees exactly the batches it had not seen yet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from trainer.data import BatchSource, DeviceTransform
+
+
+CompileSetting = Literal["auto", "on", "off"]
+COMPILE_MIN_STEPS = 2000  # below this, compiling costs more time than it saves
+
+
+class Interrupted(Exception):
+    """Training stopped at a batch boundary because a stop was asked (SIGTERM)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    compile: CompileSetting = "auto"
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    images_per_second: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+
+
+@dataclass
+class EpochPosition:
+    """Where an interrupted epoch stood: batches done and their summed loss."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Progress:
+    epochs_done: int = 0
+    position: EpochPosition = field(default_factory=EpochPosition)
+    history: list[EpochResult] = field(default_factory=list)
+
+
+# -- device and process set-up -----------------------------------------------------------
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: affinity, bounded by a container's CPU quota."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def configure_process(device: torch.device, seed: int, reproducible: bool) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # One thread per usable core (an explicit OMP_NUM_THREADS wins: on shared machines
+        # fewer threads than cores avoid OpenMP's collapse under oversubscription).
+        torch.set_num_threads(cpu_count())
+    else:
+        torch.backends.cudnn.benchmark = not reproducible
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if reproducible:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def should_compile(setting: CompileSetting, device: torch.device, total_steps: int) -> bool:
+    """``auto``: compile on CUDA for runs long enough to repay the compile time."""
+    if setting != "auto":
+        return setting == "on"
+    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+
+
+def usable_samples(size: int, batch_size: int) -> int:
+    """A last batch of one image would break batch norm: such a remainder is left out."""
+    return size - (size % batch_size == 1)
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+# -- one epoch, one evaluation -----------------------------------------------------------
+def train_one_epoch(
+    step_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source: BatchSource,
+    order: torch.Tensor,
+    batch_size: int,
+    transform: DeviceTransform,
+    position: EpochPosition,
+    should_stop: Callable[[], bool],
+    amp: bool,
+) -> EpochPosition:
+    """Train over ``order`` from ``position`` on; stops early (position kept) when asked."""
+    step_model.train()
+    device = transform.scale.device
+    loss_sum = torch.zeros((), device=device)
+    samples, batches = position.samples, position.batches
+    started = time.perf_counter()
+    for images, labels in source.batches(
+        order[: usable_samples(len(order), batch_size)], batch_size, skip=position.batches
+    ):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(step_model(transform(images, train=True)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Summed on the device: reading the loss every step would stall the GPU.
+        loss_sum += loss.detach().float() * len(labels)
+        samples += len(labels)
+        batches += 1
+        if should_stop():
+            break
+    return EpochPosition(
+        batches=batches,
+        loss_sum=position.loss_sum + float(loss_sum),
+        samples=samples,
+        seconds=position.seconds + time.perf_counter() - started,
+    )
+
+
+@torch.inference_mode()
+def evaluate(
+    step_model: nn.Module,
+    source: BatchSource,
+    size: int,
+    batch_size: int,
+    transform: DeviceTransform,
+    num_classes: int,
+    amp: bool,
+) -> Evaluation:
+    step_model.eval()
+    device = transform.scale.device
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for images, labels in source.batches(torch.arange(size), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = step_model(transform(images, train=False))
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        predicted = logits.argmax(dim=1)
+        confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
+    matrix = confusion.view(num_classes, num_classes).cpu()
+    total = max(size, 1)
+    return Evaluation(
+        loss=float(loss_sum) / total,
+        accuracy=float(matrix.diag().sum()) / total,
+        confusion=matrix.tolist(),
+    )
+
+
+# -- the whole run -----------------------------------------------------------------------
+class Trainer:
+    """A model, its optimizer and its data; ``state_dict()`` is everything a resume needs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: BatchSource,
+        train_size: int,
+        val: BatchSource,
+        val_size: int,
+        num_classes: int,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.num_classes = num_classes
+        self.train, self.train_size = train, train_size
+        self.val, self.val_size = val, val_size
+        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        channels_last = device.type in ("cuda", "cpu")  # faster convolutions on both
+        self.model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+        self.transform = DeviceTransform(device, channels_last=channels_last)
+        # Fused: one kernel for all parameters (2-3x faster steps on CPU and GPU alike).
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, fused=True)
+        steps = config.epochs * max(1, train_size // config.batch_size)
+        self.compiled = should_compile(config.compile, device, steps)
+        # The compiled wrapper runs the steps; ``self.model`` keeps the plain state_dict keys.
+        self.step_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
+        self.progress = Progress()
+
+    def fit(
+        self,
+        on_epoch_end: Callable[[EpochResult], None],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[EpochResult]:
+        """Train the remaining epochs; ``Interrupted`` (state kept) when a stop is asked."""
+        while self.progress.epochs_done < self.config.epochs:
+            epoch = self.progress.epochs_done + 1
+            order = epoch_order(self.config.seed, epoch, self.train_size)
+            position = train_one_epoch(
+                self.step_model, self.optimizer, self.train, order, self.config.batch_size,
+                self.transform, self.progress.position, should_stop, self.amp,
+            )  # fmt: skip
+            self.progress.position = position
+            if position.batches < self.batches_per_epoch:
+                raise Interrupted(f"stopped in epoch {epoch} after {position.batches} batches")
+            result = self._finish_epoch(epoch, position)
+            on_epoch_end(result)
+            if should_stop() and self.progress.epochs_done < self.config.epochs:
+                raise Interrupted(f"stopped after epoch {epoch}")
+        return self.progress.history
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(usable_samples(self.train_size, self.config.batch_size) / self.config.batch_size)
+
+    def evaluate(self, source: BatchSource, size: int) -> Evaluation:
+        return evaluate(
+            self.step_model, source, size, self.config.batch_size, self.transform,
+            self.num_classes, self.amp,
+        )  # fmt: skip
+
+    def _finish_epoch(self, epoch: int, position: EpochPosition) -> EpochResult:
+        started = time.perf_counter()
+        validation = self.evaluate(self.val, self.val_size)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=position.loss_sum / max(position.samples, 1),
+            val_loss=validation.loss,
+            val_accuracy=validation.accuracy,
+            images_per_second=position.samples / max(position.seconds, 1e-9),
+            seconds=position.seconds + time.perf_counter() - started,
+        )
+        self.progress = Progress(epoch, EpochPosition(), [*self.progress.history, result])
+        return result
+
+    def eta_seconds(self) -> float:
+        history = self.progress.history
+        if not history:
+            return 0.0
+        per_epoch = sum(r.seconds for r in history) / len(history)
+        return per_epoch * (self.config.epochs - self.progress.epochs_done)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epochs_done": self.progress.epochs_done,
+            "position": asdict(self.progress.position),
+            "history": [asdict(r) for r in self.progress.history],
+            "seed": self.config.seed,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.config = replace(self.config, seed=state["seed"])  # the epoch orders depend on it
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(
+            epochs_done=state["epochs_done"],
+            position=EpochPosition(**state["position"]),
+            history=[EpochResult(**r) for r in state["history"]],
+        )
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)

@@ -1,0 +1,66 @@
+"""``python -m trainer``: train the run described by the environment (``TRAINING_*``, see
+:class:`training_core.runspec.RunSpec`) with the agent's settings (store, bucket, limits).
+
+Exit codes (the Job's pod failure policy and the local launcher read them):
+
+* ``0``  — the run succeeded, or there was nothing to do (it had already ended:
+  succeeded, failed or cancelled). Running the program again after success changes nothing.
+* ``65`` (``EXIT_DO_NOT_RETRY``) — the run failed and is recorded as Failed, with the
+  step and the reason in ``agent_logs`` and the project ``failed`` (bad archive or dataset,
+  unsupported model, missing weights, a project not claimed for this run — whose status is
+  then left alone —, an upload refused …). Retrying cannot help.
+* ``75`` (``EXIT_RETRY``) — interrupted (SIGTERM: node preemption, cancel) after saving a
+  checkpoint, or the store could not be reached to record the outcome. Run it again: it
+  resumes from the last checkpoint.
+* ``2`` — the settings or the run's environment are malformed (nothing was touched).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from trainer.interrupt import StopFlag
+from trainer.tracking import StoreTracker
+from trainer.workflow import TrainingWorkflow
+from training_core.blobs import open_blob_store
+from training_core.errors import StoreUnavailable
+from training_core.logs import bind, setup_logging
+from training_core.runspec import EXIT_RETRY, RunSpec
+from training_core.settings import SettingsError, load_settings
+from training_core.store import open_store
+
+EXIT_USAGE = 2
+log = logging.getLogger("trainer")
+
+
+def main() -> int:
+    stop = StopFlag().install()  # first: a SIGTERM during start-up must not kill us mid-write
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        spec = RunSpec.from_env()
+    except ValidationError as error:
+        fields = ", ".join(
+            "TRAINING_" + "_".join(str(p) for p in e["loc"]).upper() + f": {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)
+        )
+        log.error("the run's environment is invalid: %s", fields)
+        return EXIT_USAGE
+    with bind(run_id=spec.run_id, project_id=spec.project_id):
+        try:
+            store = open_store(settings)
+        except StoreUnavailable as error:
+            log.error("the store is unavailable (%s): exiting to be retried", error)
+            return EXIT_RETRY
+        try:
+            tracker = StoreTracker(store, settings, spec)
+            return TrainingWorkflow(spec, settings, open_blob_store(settings), tracker, stop).run()
+        finally:
+            store.close()

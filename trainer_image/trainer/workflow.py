@@ -1,0 +1,435 @@
+"""One training run as ten named steps:
+
+validate the run and project state → fetch project and dataset metadata → download the
+dataset → extract and validate it → build the model → train → upload the model → record
+the model and the project status → clean up (always) → report.
+
+A failing step is logged with its name and reason, the run marked Failed and the project
+``failed``; anything this attempt uploaded is removed, so no partial model is left.
+A stop request (SIGTERM) ends training at a batch boundary with a checkpoint saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.artifact import build_artifact
+from trainer.charts import write_charts, write_metrics_json
+from trainer.checkpoints import Checkpoints
+from trainer.data import Split, memory_budgets, open_split, plan_pipeline
+from trainer.engine import (
+    EpochResult,
+    Evaluation,
+    Interrupted,
+    TrainConfig,
+    Trainer,
+    configure_process,
+    pick_device,
+)
+from trainer.interrupt import StopFlag, StopRequested
+from trainer.models import Weights, create_model
+from trainer.tracking import ProjectInfo, RunEnded, Tracker
+from training_core.archive import ArchiveLimits, extract_archive
+from training_core.blobs import BlobStore
+from training_core.dataset import DatasetDescription, describe_dataset
+from training_core.domain import Progress
+from training_core.errors import BlobExists, BlobNotFound, InvalidInput, StoreUnavailable
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
+from training_core.settings import Settings
+
+log = logging.getLogger("trainer")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What training produced, ready to upload and record."""
+
+    model_path: Path
+    metrics: dict[str, Any]
+    record: dict[str, Any]  # the models row's metadata
+
+
+def sibling_url(model_url: str, suffix: str) -> str:
+    """``…/x_model.pth`` → ``…/x_model<suffix>``: the files that travel with a model."""
+    return model_url.removesuffix(".pth") + suffix
+
+
+class TrainingWorkflow:
+    def __init__(
+        self,
+        spec: RunSpec,
+        settings: Settings,
+        blobs: BlobStore,
+        tracker: Tracker,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.spec, self.settings, self.blobs, self.tracker = spec, settings, blobs, tracker
+        self.stop = stop or StopFlag()
+        self.step = "start"
+        self.uploaded: list[str] = []  # this attempt's objects, removed if it fails
+        self.checkpoints: Checkpoints | None = None
+        self.run_over = False  # succeeded, failed or ended elsewhere: checkpoints can go
+
+    # -- the whole run -------------------------------------------------------------------
+    def run(self) -> int:
+        """Run every step; the exit code tells the Job (or launcher) what happened."""
+        started = time.monotonic()
+        self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.run_id}-", dir=self.settings.scratch_dir))
+        self.checkpoints = Checkpoints(self.blobs, self.spec.model_url, self.spec.run_id, scratch)
+        try:
+            return self._steps(scratch, started)
+        except (Interrupted, StopRequested) as stop:
+            self.tracker.log(f"Training interrupted ({self.stop.reason or stop}); it resumes from the last checkpoint", "warning")
+            return EXIT_RETRY
+        except RunEnded as ended:
+            log.warning("stopping: %s", ended)
+            self.run_over = True
+            return EXIT_OK
+        except StoreUnavailable as error:
+            log.error("the store is unavailable (%s): exiting to be retried", error)
+            return EXIT_RETRY
+        except Exception as error:  # noqa: BLE001 - every failure is recorded, none escapes
+            log.debug("step %s failed", self.step, exc_info=True)
+            return self._fail(error)
+        finally:
+            self.clean_up(scratch)
+
+    def _steps(self, scratch: Path, started: float) -> int:
+        if not self.validate_state():
+            return EXIT_OK
+        if self._already_uploaded():
+            outcome = self._outcome_of_uploaded(scratch)
+        else:
+            project = self.fetch_metadata()
+            archive = self.download_dataset(scratch)
+            dataset = self.extract_and_validate(archive, scratch, project.expected_num_classes)
+            device, model, seed = self.build_model(dataset, scratch)
+            outcome = self.train(model, dataset, device, seed, scratch)
+            self.upload_model(outcome, scratch)
+        self.record_model(outcome)
+        return self.report(outcome, time.monotonic() - started)
+
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        self.stop.raise_if_set()
+        self.step = name
+        log.info("step: %s", name)
+        yield
+
+    def _fail(self, error: Exception) -> int:
+        reason = str(error) if isinstance(error, (InvalidInput, BlobNotFound)) else f"{type(error).__name__}: {error}"
+        for url in reversed(self.uploaded):  # no partial model is left behind
+            with suppress(Exception):
+                self.blobs.delete(url)
+        self.run_over = True
+        try:
+            self.tracker.fail(f"Training failed at step '{self.step}': {reason}")
+        except StoreUnavailable as store_error:
+            log.error("could not record the failure (%s): exiting to be retried", store_error)
+            return EXIT_RETRY
+        return EXIT_DO_NOT_RETRY
+
+    # -- 1. validate the run and the project's state -------------------------------------
+    def validate_state(self) -> bool:
+        with self._step("validate run and project state"):
+            if not self.tracker.begin():
+                self.run_over = True
+                return False
+            self.tracker.log(
+                f"Training started: {self.spec.model}, {self.spec.epochs} epochs, "
+                f"image size {self.spec.image_size}, batch size {self.spec.batch_size}"
+            )
+            return True
+
+    def _already_uploaded(self) -> bool:
+        """The model is in the bucket: ours (an earlier attempt ended before recording it), or
+        another run's, which this run must not overwrite."""
+        try:
+            info = self.blobs.stat(self.spec.model_url)
+        except BlobNotFound:
+            return False
+        if info.metadata.get("run_id") != str(self.spec.run_id):
+            raise InvalidInput(
+                f"{self.spec.model_url} already holds a model of another run; "
+                "start a new run to get a fresh model URL"
+            )
+        return True
+
+    # -- 2. fetch project and dataset metadata -------------------------------------------
+    def fetch_metadata(self) -> ProjectInfo:
+        with self._step("fetch project and dataset metadata"):
+            return self.tracker.project()
+
+    # -- 3. download the dataset -----------------------------------------------------------
+    def download_dataset(self, scratch: Path) -> Path:
+        with self._step("download dataset"):
+            url = self.spec.dataset_url
+            if "://" not in url:  # a local path (training-agent train)
+                path = Path(url)
+                if not path.is_file():
+                    raise InvalidInput(f"dataset {url} not found")
+                return path
+            target = scratch / "dataset.archive"
+            try:
+                info = self.blobs.download(url, target, max_bytes=self.settings.max_download_bytes)
+            except BlobNotFound:
+                raise InvalidInput(f"dataset {url} not found") from None
+            self.tracker.log(f"Dataset downloaded: {info.size / 2**20:.1f} MiB")
+            return target
+
+    # -- 4. extract and validate -----------------------------------------------------------
+    def extract_and_validate(self, archive: Path, scratch: Path, expected: int | None) -> DatasetDescription:
+        with self._step("extract and validate dataset"):
+            extract_archive(archive, scratch / "dataset", ArchiveLimits.from_settings(self.settings))
+            if archive.is_relative_to(scratch):
+                archive.unlink()  # the extracted copy is what counts; free the disk
+            dataset = describe_dataset(scratch / "dataset", expected_num_classes=expected)
+            counts = ", ".join(f"{name} {split.total}" for name, split in dataset.splits.items())
+            self.tracker.log(f"Dataset: {dataset.num_classes} classes; images: {counts}")
+            return dataset
+
+    # -- 5. build the model ----------------------------------------------------------------
+    def build_model(self, dataset: DatasetDescription, scratch: Path) -> tuple[torch.device, torch.nn.Module, int]:
+        with self._step("build model"):
+            device = pick_device()
+            seed = self._seed()
+            configure_process(device, seed, reproducible=self.spec.seed is not None)
+            model = create_model(self.spec.model, dataset.num_classes, self._weights(scratch))
+            return device, model, seed
+
+    def _seed(self) -> int:
+        """The spec's seed; else a resumed run's own seed; else a fresh one."""
+        if self.spec.seed is not None:
+            return self.spec.seed
+        assert self.checkpoints is not None
+        pointer = self.checkpoints.latest_pointer()
+        return int(pointer["seed"]) if pointer and "seed" in pointer else random.randrange(2**31)
+
+    def _weights(self, scratch: Path) -> Weights:
+        if not self.spec.pretrained:
+            return None
+        if self.spec.weights_url is None:
+            return "imagenet"
+        local = scratch / "weights.pth"
+        try:
+            self.blobs.download(self.spec.weights_url, local, max_bytes=self.settings.max_entry_bytes * 8)
+        except BlobNotFound:
+            raise InvalidInput(f"weights {self.spec.weights_url} not found") from None
+        return local
+
+    # -- 6. train --------------------------------------------------------------------------
+    def train(
+        self, model: torch.nn.Module, dataset: DatasetDescription, device: torch.device, seed: int, scratch: Path
+    ) -> Outcome:
+        with self._step("train"):
+            splits = {name: _split(dataset, name) for name in dataset.splits}
+            sources = self._open_sources(splits, device)
+            config = TrainConfig(
+                epochs=self.spec.epochs, learning_rate=self.spec.learning_rate,
+                batch_size=self.spec.batch_size, seed=seed, compile=self.settings.torch_compile,
+            )  # fmt: skip
+            trainer = Trainer(
+                model, sources["train"], len(splits["train"]), sources["val"], len(splits["val"]),
+                dataset.num_classes, config, device,
+            )  # fmt: skip
+            self._resume(trainer)
+            self.tracker.log(
+                f"Training on {device.type} ({'compiled' if trainer.compiled else 'eager'}, "
+                f"{'bf16' if trainer.amp else 'fp32'}), seed {trainer.config.seed}"
+            )
+            try:
+                history = trainer.fit(lambda result: self._on_epoch_end(trainer, result), self.stop)
+            except Interrupted:
+                self._save_checkpoint(trainer)
+                raise
+            test = trainer.evaluate(sources["test"], len(splits["test"])) if "test" in splits else None
+            validation = trainer.evaluate(sources["val"], len(splits["val"]))
+            return self._outcome(trainer, dataset, history, validation, test, scratch)
+
+    def _open_sources(self, splits: dict[str, Split], device: torch.device) -> dict[str, Any]:
+        ram, gpu = memory_budgets(device)
+        plan = plan_pipeline(sum(len(s) for s in splits.values()), self.spec.image_size, ram_budget=ram, gpu_budget=gpu)
+        where = f"decoded-image cache in {plan.cache_device} memory" if plan.mode == "cache" else "streaming DataLoader"
+        self.tracker.log(f"Input pipeline: {where} ({plan.reason})")
+        started = time.monotonic()
+        sources = {name: open_split(split, self.spec.image_size, device, plan) for name, split in splits.items()}
+        if plan.mode == "cache":
+            self.tracker.log(f"Decoded {sum(len(s) for s in splits.values())} images in {time.monotonic() - started:.1f} s")
+        return sources
+
+    def _resume(self, trainer: Trainer) -> None:
+        assert self.checkpoints is not None
+        state = self.checkpoints.load_latest()
+        if state is None:
+            return
+        trainer.load_state_dict(state)
+        done = trainer.progress.epochs_done
+        within = trainer.progress.position.batches
+        where = f" and {within} batches of epoch {done + 1}" if within else ""
+        self.tracker.log(f"Resuming from checkpoint: {done}/{self.spec.epochs} epochs done{where}")
+
+    def _on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        self.tracker.log(
+            f"Epoch {result.epoch}/{self.spec.epochs} completed. Loss: {result.train_loss:.3f}, "
+            f"val acc: {result.val_accuracy:.2f} ({result.images_per_second:.0f} images/s)"
+        )
+        self._save_checkpoint(trainer)
+        self.tracker.progress(_progress(trainer, result))
+
+    def _save_checkpoint(self, trainer: Trainer) -> None:
+        assert self.checkpoints is not None
+        try:
+            self.checkpoints.save(trainer.state_dict())
+        except Exception as error:  # noqa: BLE001 - a lost checkpoint costs time, not the run
+            log.warning("checkpoint not saved (%s); a resume starts from the previous one", error)
+
+    def _outcome(
+        self, trainer: Trainer, dataset: DatasetDescription, history: list[EpochResult],
+        validation: Evaluation, test: Evaluation | None, scratch: Path,
+    ) -> Outcome:  # fmt: skip
+        final = history[-1]
+        training_seconds = sum(r.seconds for r in history)
+        metrics = {
+            "final_loss": final.train_loss,
+            "val_loss": validation.loss,
+            "val_accuracy": validation.accuracy,
+            "test_accuracy": test.accuracy if test else None,
+            "training_time_seconds": round(training_seconds, 2),
+            "images_per_second": final.images_per_second,
+            "confusion_matrix": (test or validation).confusion,
+            "confusion_matrix_split": "test" if test else "val",
+            "history": [asdict(r) for r in history],
+        }
+        hyperparameters = {
+            "model": self.spec.model, "epochs": self.spec.epochs,
+            "learning_rate": self.spec.learning_rate, "batch_size": self.spec.batch_size,
+            "image_size": self.spec.image_size, "pretrained": self.spec.pretrained,
+            "seed": trainer.config.seed, "optimizer": "adam", "compiled": trainer.compiled,
+            "precision": "bf16" if trainer.amp else "fp32",
+        }  # fmt: skip
+        artifact = build_artifact(
+            trainer.model, architecture=self.spec.model, classes=dataset.classes,
+            input_size=self.spec.image_size, metrics=metrics, hyperparameters=hyperparameters,
+            run_id=str(self.spec.run_id), project_id=self.tracker.project_id,
+        )  # fmt: skip
+        model_path = scratch / "model.pth"
+        torch.save(artifact, model_path)
+        return Outcome(model_path, metrics, _model_record(artifact["metadata"]))
+
+    # -- 7. upload the model ---------------------------------------------------------------
+    def upload_model(self, outcome: Outcome, scratch: Path) -> None:
+        with self._step("upload model"):
+            url = self.spec.model_url
+            metadata = outcome.record
+            metrics_path = write_metrics_json(outcome.metrics, scratch / "metrics.json")
+            charts_path = write_charts(
+                outcome.metrics["history"], outcome.metrics["confusion_matrix"], metadata["classes"],
+                scratch / "curves.png", title=f"{self.spec.model} — {Path(url).stem}",
+            )  # fmt: skip
+            # The companions first: the model's presence means the whole set is there.
+            for path, suffix, kind in ((metrics_path, ".metrics.json", "application/json"), (charts_path, ".png", "image/png")):
+                self.uploaded.append(sibling_url(url, suffix))
+                self.blobs.upload(path, sibling_url(url, suffix), create_only=False, content_type=kind)
+            try:
+                self.blobs.upload(
+                    outcome.model_path, url, create_only=True, content_type="application/octet-stream",
+                    metadata={"run_id": str(self.spec.run_id)},
+                )  # fmt: skip
+            except BlobExists:
+                self._already_uploaded()  # ours (a concurrent attempt): done; another run's: error
+                return
+            self.uploaded.append(url)
+            self.blobs.verify_upload(outcome.model_path, url)
+            self.tracker.log(f"Model uploaded to {url} ({outcome.model_path.stat().st_size / 2**20:.1f} MiB)")
+
+    def _outcome_of_uploaded(self, scratch: Path) -> Outcome:
+        """An earlier attempt uploaded the model but did not record it: record what it wrote."""
+        with self._step("upload model"):
+            local = scratch / "model.pth"
+            self.blobs.download(self.spec.model_url, local)
+            artifact = torch.load(local, map_location="cpu", weights_only=True)
+            self.tracker.log(f"Model already uploaded to {self.spec.model_url} by this run; recording it")
+            return Outcome(local, artifact["metadata"]["metrics"], _model_record(artifact["metadata"]))
+
+    # -- 8. record the model and the project's status ------------------------------------
+    def record_model(self, outcome: Outcome) -> None:
+        with self._step("record model and project status"):
+            name = Path(self.spec.model_url).stem
+            self.tracker.succeed(name, self.spec.model_url, outcome.record, _final_progress(self.spec, outcome))
+            self.run_over = True
+
+    # -- 9. clean up (always) --------------------------------------------------------------
+    def clean_up(self, scratch: Path) -> None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if self.run_over and self.checkpoints is not None:
+            try:
+                self.checkpoints.clear()  # an ended run is never resumed
+            except Exception as error:  # noqa: BLE001 - leftovers cost storage, not correctness
+                log.warning("checkpoints not removed: %s", error)
+
+    # -- 10. report ------------------------------------------------------------------------
+    def report(self, outcome: Outcome, seconds: float) -> int:
+        record = outcome.record
+        test = record.get("test_accuracy")
+        self.tracker.log(
+            f"Training finished in {_duration(record['training_time_seconds'])} of training "
+            f"({_duration(seconds)} in all): val acc {record['val_accuracy']:.3f}"
+            + (f", test acc {test:.3f}" if test is not None else "")
+            + f". Model: {self.spec.model_url}"
+        )
+        return EXIT_OK
+
+
+def _split(dataset: DatasetDescription, name: str) -> Split:
+    samples = dataset.splits[name].samples
+    return Split(tuple(dataset.root / path for path, _ in samples), tuple(label for _, label in samples))
+
+
+def _progress(trainer: Trainer, result: EpochResult) -> Progress:
+    return Progress(
+        epoch=result.epoch, total_epochs=trainer.config.epochs, loss=round(result.train_loss, 5),
+        val_loss=round(result.val_loss, 5), val_accuracy=round(result.val_accuracy, 5),
+        images_per_second=round(result.images_per_second, 1), eta_seconds=round(trainer.eta_seconds(), 1),
+    )  # fmt: skip
+
+
+def _final_progress(spec: RunSpec, outcome: Outcome) -> Progress:
+    history = outcome.metrics["history"]
+    last = history[-1]
+    return Progress(
+        epoch=last["epoch"], total_epochs=spec.epochs, loss=round(last["train_loss"], 5),
+        val_loss=round(last["val_loss"], 5), val_accuracy=round(last["val_accuracy"], 5),
+        images_per_second=round(last["images_per_second"], 1), eta_seconds=0,
+    )  # fmt: skip
+
+
+def _model_record(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The ``models`` row's metadata: what a user looks for first."""
+    metrics, hyper = metadata["metrics"], metadata["hyperparameters"]
+    return {
+        "epochs": hyper["epochs"],
+        "final_loss": metrics["final_loss"],
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "training_time_seconds": metrics["training_time_seconds"],
+        "classes": metadata["classes"],
+        "architecture": metadata["architecture"],
+        "input_size": metadata["input_size"],
+    }
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
