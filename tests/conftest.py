@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.postgrest", "tests.fixtures.kube", "tests.fixtures.gcs"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.postgrest", "tests.fixtures.kube", "tests.fixtures.gcs", "tests.fixtures.digits"]
 
 
 @pytest.fixture(autouse=True)
