@@ -81,11 +81,14 @@ class KubeAPI:
         """Every object stored now, as the server would return it."""
         return [obj.raw for obj in self.emulator.objects.values() if not obj.deleted]
 
-    def calls(self) -> set[tuple[str, str, str]]:
-        """(api group, resource, RBAC verb) of every request made to a resource."""
+    def request_count(self) -> int:
+        return len(list(self.emulator))
+
+    def calls(self, since: int = 0) -> set[tuple[str, str, str]]:
+        """(api group, resource, RBAC verb) of every request to a resource (from ``since``)."""
         return {
             (request.resource.group, _plural(request), _rbac_verb(request))
-            for request in list(self.emulator)
+            for request in list(self.emulator)[since:]
             if request.resource is not None and request.resource.plural  # not discovery
         }
 

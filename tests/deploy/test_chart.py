@@ -4,6 +4,7 @@ valid for Kubernetes and wired to what the agent's code reads."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,11 @@ import yaml
 from tests.deploy import helm
 from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
 from tests.deploy.kube_api import KubeAPI, running_kube_api
+from training_api.decisions import TrainingChoice, plan_run
+from training_core.domain import Project
+from training_core.launchers.kubernetes import training_run_resource
 from training_core.settings import Settings, load_settings
+from training_operator.builders import job_labels, job_manifest
 from training_operator.config import OperatorConfig
 
 Install = Callable[..., list[dict[str, Any]]]
@@ -79,7 +84,7 @@ def test_every_rendered_object_is_valid_kubernetes(
             continue
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-    # Everything rendered reached the API server, the CRD (from crds/) first.
+    # Everything rendered reached the API server, and so did the CRD (from crds/).
     stored = {(obj["kind"], obj["metadata"]["name"]) for obj in cluster.objects()}
     assert {(obj["kind"], obj["metadata"]["name"]) for obj in objects} <= stored
     assert ("CustomResourceDefinition", "trainingruns.training.automl.dev") in stored
@@ -117,8 +122,6 @@ def test_everything_on_adds_ingress_monitoring_and_network_policies(rendered: Re
     assert {"ipBlock": {"cidr": "35.191.0.0/16"}} in sources  # the GKE Ingress load balancer
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
     # The trainer policy selects the pods the operator's Jobs make.
-    from training_operator.builders import job_labels
-
     pod_labels = job_labels("run-1", "project-1")
     assert policies["trainer"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     for spec in policies.values():
@@ -314,8 +317,6 @@ NOT_IN_CONFIG = {
 
 
 def test_config_schema_offers_every_setting() -> None:
-    from training_core.settings import Settings
-
     schema = json.loads((helm.CHART / "values.schema.json").read_text())
     offered = set(schema["properties"]["config"]["properties"])
     expected = {name.upper() for name in Settings.model_fields} - NOT_IN_CONFIG
@@ -329,13 +330,6 @@ def test_config_schema_offers_every_setting() -> None:
 def test_gpu_values_reach_the_training_jobs(rendered: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
     """trainer.gpu (2 × A100 on Spot) → settings ConfigMap → the API's plan of a run →
     TrainingRun → the operator's Job: placed on those nodes, valid for Kubernetes and the CRD."""
-    import uuid
-
-    from training_api.decisions import TrainingChoice, plan_run
-    from training_core.domain import Project
-    from training_core.launchers.kubernetes import training_run_resource
-    from training_operator.builders import job_manifest
-
     objects = rendered["everything-on"]
     settings = settings_of(objects, monkeypatch)
     for name, value in env_of(container(objects, "operator")).items():
