@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -73,4 +74,22 @@ def create_app(
     app.include_router(system.router)
     app.include_router(training.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    document_bounds(app, settings)
     return app
+
+
+def document_bounds(app: FastAPI, settings: Settings) -> None:
+    """Put the bounds that come from the settings into the OpenAPI schema clients read."""
+    schema = app.openapi()  # built once and cached: changes here are what /openapi.json serves
+    for param in schema["paths"]["/agents/training/status/{project_id}"]["get"]["parameters"]:
+        if param["name"] == "logs":
+            _set_maximum(param["schema"], settings.status_logs_max)
+    fields = schema["components"]["schemas"]["StartRequest"]["properties"]
+    _set_maximum(fields["epochs"], settings.max_epochs)
+    _set_maximum(fields["batch_size"], settings.max_batch_size)
+
+
+def _set_maximum(field: dict[str, Any], maximum: int) -> None:
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") == "integer":
+            branch["maximum"] = maximum

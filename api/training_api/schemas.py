@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from training_core.domain import LogEntry, Run
 from training_core.runspec import SUPPORTED_MODELS
+
+SupportedModel = Literal[SUPPORTED_MODELS]  # type: ignore[valid-type]
 
 EXAMPLE_PROJECT = "3f2b6c1e-8d4a-4f6b-9c2e-1a7d5e9b0c34"
 EXAMPLE_RUN = "9b1c2d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
@@ -30,10 +32,10 @@ class StartRequest(BaseModel):
     )
 
     # A string, not a UUID: a malformed id is the caller's 400, not a schema 422.
-    project_id: str = Field(max_length=100, description="The project's id (a UUID).")
-    model: str | None = Field(
-        None, max_length=64, description=f"Architecture: one of {', '.join(SUPPORTED_MODELS)}."
+    project_id: str = Field(
+        max_length=100, description="The project's id (a UUID).", json_schema_extra={"format": "uuid"}
     )
+    model: SupportedModel | None = Field(None, description="Architecture to fine-tune.")
     epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
     batch_size: int | None = Field(None, ge=1, description="Images per step (at most MAX_BATCH_SIZE).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from training_api import decisions
 from training_api.deps import LimitedClientDep, ServiceDep, authenticated_client
@@ -18,6 +18,9 @@ from training_api.schemas import (
     StartResponse,
     StatusResponse,
 )
+
+# A string, checked by the service: a malformed id is a 400 that names the problem.
+ProjectId = Annotated[str, Path(description="The project's id (a UUID).", json_schema_extra={"format": "uuid"})]
 
 ERRORS = {
     code: {"model": ErrorResponse, "description": description}
@@ -70,7 +73,7 @@ def start_training(
 
 @router.get("/status/{project_id}", response_model=StatusResponse, summary="A project's training status")
 def training_status(
-    project_id: str,
+    project_id: ProjectId,
     service: ServiceDep,
     logs: Annotated[int | None, Query(ge=0, description="How many agent_logs lines (newest first)")] = None,
 ) -> StatusResponse:
@@ -88,7 +91,7 @@ def training_status(
 
 
 @router.post("/cancel/{project_id}", response_model=CancelResponse, summary="Cancel a project's active run")
-def cancel_training(project_id: str, service: ServiceDep, client: LimitedClientDep) -> CancelResponse:
+def cancel_training(project_id: ProjectId, service: ServiceDep, client: LimitedClientDep) -> CancelResponse:
     run, project = service.cancel(project_id)
     return CancelResponse(
         run_id=run.id,

@@ -180,7 +180,8 @@ def test_bounds_from_settings_apply_to_request_values(client, store, project_fac
         "code": "invalid_parameter",
         "message": "epochs must be between 1 and 200 (got 201)",
     }
-    assert unsupported.status_code == 400 and error_of(unsupported)["code"] == "unsupported_model"
+    assert unsupported.status_code == 422
+    assert error_of(unsupported)["code"] == "validation_error" and "'resnet18'" in error_of(unsupported)["message"]
     assert store.get_latest_run(project.id) is None
 
 
