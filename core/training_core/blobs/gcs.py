@@ -117,7 +117,7 @@ class GcsBlobStore(BlobStore):
 
     # -- reading -------------------------------------------------------------------------
     def download(self, url: str, dest: Path, *, max_bytes: int | None = None) -> BlobInfo:
-        blob, info = self._stat_blob(url)
+        blob, info = self._stat_blob(url, "download")
         if max_bytes is not None and info.size > max_bytes:
             raise BlobTooLarge(
                 f"{url} is {info.size} bytes, larger than the limit of {max_bytes} bytes"
@@ -297,11 +297,11 @@ class GcsBlobStore(BlobStore):
         parsed = _parse(url)
         return self._client.bucket(parsed.bucket).blob(parsed.path)
 
-    def _stat_blob(self, url: str) -> tuple[storage.Blob, BlobInfo]:
+    def _stat_blob(self, url: str, action: str = "stat") -> tuple[storage.Blob, BlobInfo]:
         parsed = _parse(url)
         bucket = self._client.bucket(parsed.bucket)
         blob = self._retrying(
-            "stat",
+            action,
             url,
             self._download_attempts,
             lambda: bucket.get_blob(parsed.path, timeout=self._timeout, retry=None),

@@ -93,7 +93,7 @@ def test_stopped_server_gives_bounded_retries_then_a_clear_error(
     started = time.monotonic()
     with pytest.raises(
         BlobError,
-        match=r"stat gs://outage-test/raw/data.zip failed after 4 attempts: storage unreachable",
+        match=r"download gs://outage-test/raw/data.zip failed after 4 attempts: storage unreach",
     ):
         store.download("gs://outage-test/raw/data.zip", tmp_path / "data.zip")
     elapsed = time.monotonic() - started
