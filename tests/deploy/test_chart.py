@@ -12,12 +12,14 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
 from tests.deploy import helm
 from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
 from tests.deploy.kube_api import KubeAPI, running_kube_api
 from training_api.decisions import TrainingChoice, plan_run
+from training_core import cli
 from training_core.domain import Project
 from training_core.launchers.kubernetes import training_run_resource
 from training_core.settings import Settings, load_settings
@@ -242,6 +244,20 @@ def test_operator_runs_alone_and_the_api_stays_available(rendered: Rendered) -> 
     pdb = one(objects, "PodDisruptionBudget", "api")["spec"]
     assert pdb["maxUnavailable"] == 1
     assert pdb["selector"]["matchLabels"].items() <= api["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("component", ["api", "operator"])
+def test_containers_run_a_command_the_cli_accepts(component: str, rendered: Rendered) -> None:
+    """The image's entrypoint is `training-agent`; the chart's args must parse as its command."""
+    command = typer.main.get_command(cli.app)
+    args = container(rendered["everything-on"], component)["args"]
+    with command.context_class(command, info_name="training-agent") as context:
+        subcommand = command.get_command(context, args[0])
+        assert subcommand is not None, f"training-agent has no command {args[0]!r}"
+        subcommand.make_context(args[0], list(args[1:]), parent=context)  # raises on a bad option
+    if component == "api":
+        port = container(rendered["everything-on"], component)["ports"][0]["containerPort"]
+        assert args[args.index("--port") + 1] == str(port) and "0.0.0.0" in args
 
 
 def test_service_accounts_and_workload_identity(rendered: Rendered) -> None:

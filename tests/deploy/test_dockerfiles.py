@@ -4,6 +4,8 @@ and the trainer image bakes the weights of every supported model."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -122,6 +124,22 @@ def test_images_run_as_a_numeric_non_root_user(name: str) -> None:
     uid, _, gid = users[-1].partition(":")
     # Numeric, so that Kubernetes' runAsNonRoot can check it without a passwd file.
     assert uid.isdigit() and int(uid) > 0 and (not gid or (gid.isdigit() and int(gid) > 0)), users[-1]
+
+
+@pytest.mark.parametrize(("name", "entrypoint"), [
+    ("api", ["training-agent"]), ("operator", ["training-agent"]), ("trainer", ["python", "-m", "trainer"]),
+])
+def test_entrypoints_name_programs_the_image_installs(name: str, entrypoint: list[str]) -> None:
+    instructions = parse(DOCKERFILES[name])
+    [declared] = [json.loads(i.arguments) for i in instructions if i.keyword == "ENTRYPOINT"]
+    assert declared == entrypoint
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    if entrypoint == ["training-agent"]:
+        assert "training-agent" in project["scripts"]
+        [command] = [json.loads(i.arguments) for i in instructions if i.keyword == "CMD"]
+        assert command[0] == {"api": "serve", "operator": "operator"}[name]
+    else:
+        assert importlib.util.find_spec("trainer.__main__") is not None
 
 
 def _extra_requirements(extra: str) -> set[str]:
