@@ -49,6 +49,33 @@ def db_migrate() -> None:
         typer.echo(f"applied {name}")
 
 
+@app.command("check-dataset")
+def check_dataset(
+    source: str = typer.Argument(..., help="ImageFolder zip/tar or folder: path or blob URL"),
+    num_classes: int | None = typer.Option(None, min=1, help="Classes the project expects"),
+    val_split: float | None = typer.Option(None, help="Carve val/ from train/ (0-1) if absent"),
+) -> None:
+    """Check a dataset as a training run would: safe extraction, layout, every image."""
+    import tempfile
+
+    from training_core.dataset_report import print_description
+    from training_core.errors import InvalidInput
+    from training_core.intake import intake_dataset
+    from training_core.runspec import EXIT_DO_NOT_RETRY
+
+    settings = settings_or_exit()
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="check-") as workdir:
+        try:
+            dataset = intake_dataset(
+                source, Path(workdir), settings, expected_num_classes=num_classes, val_split=val_split
+            )
+        except InvalidInput as error:
+            typer.secho(f"Dataset refused: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_DO_NOT_RETRY) from None
+        print_description(dataset)
+
+
 @app.command()
 def demo(
     epochs: int = typer.Option(5, min=1, max=50, help="Epochs to train."),
