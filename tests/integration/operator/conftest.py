@@ -128,7 +128,7 @@ def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float 
     while True:
         try:
             return check()
-        except (AssertionError, LookupError, client.ApiException):
+        except (AssertionError, LookupError, OSError, client.ApiException):
             if time.monotonic() > deadline:
                 raise
             time.sleep(interval)
