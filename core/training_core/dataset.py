@@ -89,7 +89,7 @@ def describe_dataset(
     if val_split is not None and not 0 < val_split < 1:
         raise InvalidInput(f"val_split must be between 0 and 1, got {val_split}")
     root = find_dataset_root(Path(root))
-    classes = _class_folders(root / "train", "train")
+    classes = _class_folders(root / "train")
     if not classes:
         raise InvalidDataset(
             "train/ has no class folders: put each class's images in train/<class>/"
@@ -112,11 +112,7 @@ def describe_dataset(
     }
     carve = "val" not in samples  # val_split only applies when there is no val/ folder
     if carve:
-        train, val = split_samples(samples["train"], val_split or 0.0, seed)
-        if not val:
-            raise InvalidDataset("train/ has too few images to carve out a validation split")
-        splits["train"] = SplitDescription("train", root / "train", train, _counts(train, classes))
-        splits["val"] = SplitDescription("val", None, val, _counts(val, classes))
+        splits.update(_carve_validation(root, samples["train"], classes, val_split or 0.0, seed))
     widths, heights = zip(*sizes, strict=True)
     return DatasetDescription(
         root=root,
@@ -167,6 +163,18 @@ def split_samples(
     return tuple(s for s in ordered if s not in val), tuple(s for s in ordered if s in val)
 
 
+def _carve_validation(
+    root: Path, train: list[Sample], classes: list[str], fraction: float, seed: int
+) -> dict[str, SplitDescription]:
+    kept, val = split_samples(train, fraction, seed)
+    if not val:
+        raise InvalidDataset("train/ has too few images to carve out a validation split")
+    return {
+        "train": SplitDescription("train", root / "train", kept, _counts(kept, classes)),
+        "val": SplitDescription("val", None, val, _counts(val, classes)),
+    }
+
+
 def _visible(folder: Path) -> list[str]:
     """Entries that are part of the dataset: not hidden, not OS droppings (``__MACOSX``)."""
     return sorted(
@@ -174,7 +182,7 @@ def _visible(folder: Path) -> list[str]:
     )
 
 
-def _class_folders(split_dir: Path, split: str) -> list[str]:
+def _class_folders(split_dir: Path) -> list[str]:
     return [name for name in _visible(split_dir) if (split_dir / name).is_dir()]
 
 
@@ -182,7 +190,7 @@ def _samples(root: Path, split: str, index: Mapping[str, int]) -> list[Sample]:
     """(path, class index) for every image, in ImageFolder's order; each class folder
     must hold at least one image and be one of train/'s classes."""
     split_dir = root / split
-    classes = _class_folders(split_dir, split)
+    classes = _class_folders(split_dir)
     unknown = [name for name in classes if name not in index]
     if unknown:
         raise InvalidDataset(
