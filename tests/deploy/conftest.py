@@ -30,6 +30,7 @@ EVERYTHING_ON = helm.deep_merge(
         "config": {"MAX_DOWNLOAD_BYTES": 53687091200, "DEFAULT_LEARNING_RATE": 0.0005},
         "api": {
             "replicas": 3,
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}],
             "serviceAccount": {"annotations": {"example.com/owner": "ml-platform"}},
             "ingress": {
                 "enabled": True,
@@ -39,6 +40,7 @@ EVERYTHING_ON = helm.deep_merge(
                 "annotations": {"kubernetes.io/ingress.global-static-ip-name": "training-ip"},
             },
         },
+        "operator": {"nodeSelector": {"cloud.google.com/gke-nodepool": "system"}},
         "trainer": {
             "gpu": {"count": 2, "acceleratorType": "nvidia-tesla-a100", "spot": True},
             "serviceAccount": {"gcpServiceAccount": "training-jobs@acme-ml.iam.gserviceaccount.com"},

@@ -241,6 +241,11 @@ def test_operator_runs_alone_and_the_api_stays_available(rendered: Rendered) -> 
     probes = api["template"]["spec"]["containers"][0]
     assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
     assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
+    # Placement values reach the pods that set them, and only those.
+    assert operator["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-nodepool": "system"}
+    assert "tolerations" not in operator["template"]["spec"]
+    assert api["template"]["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert "nodeSelector" not in api["template"]["spec"]
     pdb = one(objects, "PodDisruptionBudget", "api")["spec"]
     assert pdb["maxUnavailable"] == 1
     assert pdb["selector"]["matchLabels"].items() <= api["template"]["metadata"]["labels"].items()

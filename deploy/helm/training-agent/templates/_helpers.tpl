@@ -83,30 +83,20 @@ large integers in exponent form (2.1e+10); whole numbers are printed as integers
     sizeLimit: 256Mi
 {{- end -}}
 
+{{/* nodeSelector, tolerations and affinity of a pod, those that are set (YAML, or nothing). */}}
 {{- define "training-agent.placement" -}}
-{{- with .nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- $placement := dict -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" -}}
+{{- with index $ $key }}{{ $_ := set $placement $key . }}{{ end -}}
+{{- end -}}
+{{- with $placement }}{{ toYaml . }}{{ end -}}
 {{- end -}}
 
+{{/* A service account's annotations, with the Workload Identity one (YAML, or nothing). */}}
 {{- define "training-agent.serviceAccountAnnotations" -}}
 {{- $annotations := deepCopy (default dict .annotations) -}}
-{{- if .gcpServiceAccount -}}
-{{- $_ := set $annotations "iam.gke.io/gcp-service-account" .gcpServiceAccount -}}
-{{- end -}}
-{{- with $annotations }}
-annotations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- with .gcpServiceAccount }}{{ $_ := set $annotations "iam.gke.io/gcp-service-account" . }}{{ end -}}
+{{- with $annotations }}{{ toYaml . }}{{ end -}}
 {{- end -}}
 
 {{/* Rules that span several values (the schema checks each value on its own). */}}
