@@ -143,7 +143,9 @@ def _metadata(project: Project) -> dict[str, Any]:
             f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
             for item in error.errors(include_input=False, include_url=False)
         )
-        raise ApiError(400, "invalid_metadata", f"project metadata is invalid: {problems}") from None
+        raise ApiError(
+            400, "invalid_metadata", f"project metadata is invalid: {problems}"
+        ) from None
     return parsed.model_dump(exclude_none=True)
 
 
@@ -159,7 +161,9 @@ def check_dataset_url(dataset: Dataset) -> str:
     try:
         parse_url(dataset.gcs_url)
     except InvalidInput as error:
-        raise ApiError(400, "invalid_dataset_url", f"the project's dataset URL is invalid: {error}") from None
+        raise ApiError(
+            400, "invalid_dataset_url", f"the project's dataset URL is invalid: {error}"
+        ) from None
     return dataset.gcs_url
 
 

@@ -84,12 +84,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, error: StoreUnavailable) -> JSONResponse:
         log.warning("store unavailable: %s", error)
-        return error_response(unavailable("store_unavailable", "the database is unavailable; retry later"))
+        return error_response(
+            unavailable("store_unavailable", "the database is unavailable; retry later")
+        )
 
     @app.exception_handler(LauncherUnavailable)
     async def _launcher(_: Request, error: LauncherUnavailable) -> JSONResponse:
         log.warning("launcher unavailable: %s", error)
-        return error_response(unavailable("launcher_unavailable", "the launcher is unavailable; retry later"))
+        return error_response(
+            unavailable("launcher_unavailable", "the launcher is unavailable; retry later")
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -32,7 +32,8 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.runs_started = Counter(
-            "training_runs_started", "Training runs recorded and handed to the launcher.",
+            "training_runs_started",
+            "Training runs recorded and handed to the launcher.",
             registry=self.registry,
         )
         self.runs_failed = Counter(

@@ -49,5 +49,7 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         full_after = self._capacity / self._per_second
         self._buckets = {
-            key: bucket for key, bucket in self._buckets.items() if now - bucket.updated < full_after
+            key: bucket
+            for key, bucket in self._buckets.items()
+            if now - bucket.updated < full_after
         }

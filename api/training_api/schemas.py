@@ -26,19 +26,28 @@ class StartRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"project_id": EXAMPLE_PROJECT},
-                {"project_id": EXAMPLE_PROJECT, "model": "resnet50", "epochs": 20, "batch_size": 64},
+                {
+                    "project_id": EXAMPLE_PROJECT,
+                    "model": "resnet50",
+                    "epochs": 20,
+                    "batch_size": 64,
+                },
             ]
         },
     )
 
     # A string, not a UUID: a malformed id is the caller's 400, not a schema 422.
     project_id: str = Field(
-        max_length=100, description="The project's id (a UUID).", json_schema_extra={"format": "uuid"}
+        max_length=100,
+        description="The project's id (a UUID).",
+        json_schema_extra={"format": "uuid"},
     )
     model: SupportedModel | None = Field(None, description="Architecture to fine-tune.")
     epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
-    batch_size: int | None = Field(None, ge=1, description="Images per step (at most MAX_BATCH_SIZE).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Images per step (at most MAX_BATCH_SIZE)."
+    )
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude={"project_id"}, exclude_none=True)
@@ -63,7 +72,9 @@ class StartResponse(BaseModel):
     )
 
     success: bool = True
-    created: bool = Field(description="False when the project already had an active run (returned).")
+    created: bool = Field(
+        description="False when the project already had an active run (returned)."
+    )
     run_id: UUID
     run_name: str
     status: str = Field(description="The run's phase, lower-case: queued, pending, running, …")
@@ -141,13 +152,26 @@ class StatusResponse(BaseModel):
                         "images_per_second": 812.5,
                         "eta_seconds": 95,
                     },
-                    "run": {"id": EXAMPLE_RUN, "name": "train-3f2b6c1e-1a7d5e9b0c34-1",
-                            "phase": "Running", "attempt": 1, "model": "resnet18", "epochs": 10,
-                            "model_url": EXAMPLE_MODEL_URL, "error": None, "progress": {}},
+                    "run": {
+                        "id": EXAMPLE_RUN,
+                        "name": "train-3f2b6c1e-1a7d5e9b0c34-1",
+                        "phase": "Running",
+                        "attempt": 1,
+                        "model": "resnet18",
+                        "epochs": 10,
+                        "model_url": EXAMPLE_MODEL_URL,
+                        "error": None,
+                        "progress": {},
+                    },
                     "model_url": EXAMPLE_MODEL_URL,
-                    "logs": [{"message": "Epoch 3/10: loss 0.41, val accuracy 0.87",
-                              "level": "info", "agent": "training-agent",
-                              "created_at": "2026-11-26T22:50:00Z"}],
+                    "logs": [
+                        {
+                            "message": "Epoch 3/10: loss 0.41, val accuracy 0.87",
+                            "level": "info",
+                            "agent": "training-agent",
+                            "created_at": "2026-11-26T22:50:00Z",
+                        }
+                    ],
                 }
             ]
         }

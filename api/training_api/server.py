@@ -29,7 +29,12 @@ def use_local_stack() -> str:
 
 def run(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
     app = create_app(settings, allow_anonymous=insecure)
-    log.info("serving the Training Agent API on http://%s:%s (launcher: %s)", host, port, settings.launcher)
+    log.info(
+        "serving the Training Agent API on http://%s:%s (launcher: %s)",
+        host,
+        port,
+        settings.launcher,
+    )
     uvicorn.run(
         app,
         host=host,

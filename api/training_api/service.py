@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -43,7 +44,9 @@ class Status:
 
 
 class TrainingService:
-    def __init__(self, settings: Settings, store: Store, launcher: Launcher, metrics: ApiMetrics) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, launcher: Launcher, metrics: ApiMetrics
+    ) -> None:
         self.settings = settings
         self.store = store
         self.launcher = launcher
@@ -60,7 +63,9 @@ class TrainingService:
             except ApiError as error:
                 raise self._refused(project, error) from None
             try:
-                self.store.claim_project(project.id, self.settings.status_pending, self.settings.status_training)
+                self.store.claim_project(
+                    project.id, self.settings.status_pending, self.settings.status_training
+                )
             except InvalidState:  # another start won the claim a moment ago
                 return self._existing_run(self.store.get_project(project.id))
             run, spec = self._record(project, choice)
@@ -107,24 +112,24 @@ class TrainingService:
             log.warning("launcher refused run %s: %s", run.name, error)
             self.metrics.runs_failed.inc()
             reason = f"the launcher could not start the run: {error}"
-            try:
+            with suppress(InvalidState):  # it ended meanwhile: nothing to undo
                 self.store.update_run(
                     run.id, RunUpdate(phase=Phase.FAILED, error=reason), expected=ACTIVE_PHASES
                 )
-            except InvalidState:
-                pass
             self._release_claim(project)
-            self.store.log(project.id, f"Training run {run.name} failed to start: {reason}", "error")
-            raise unavailable("launcher_unavailable", "the launcher could not start the run; retry later") from None
+            self.store.log(
+                project.id, f"Training run {run.name} failed to start: {reason}", "error"
+            )
+            raise unavailable(
+                "launcher_unavailable", "the launcher could not start the run; retry later"
+            ) from None
         self.metrics.runs_started.inc()
 
     def _release_claim(self, project: Project) -> None:
-        try:
+        with suppress(InvalidState):  # someone else moved it on: leave their status
             self.store.set_project_status(
                 project.id, self.settings.status_pending, expected=[self.settings.status_training]
             )
-        except InvalidState:
-            pass
 
     def _existing_run(self, project: Project) -> Started:
         """An active run answers a repeated start; otherwise the project's status refuses it."""
@@ -152,7 +157,11 @@ class TrainingService:
     # -- status --------------------------------------------------------------------------
     def status(self, project_id: str, logs: int) -> Status:
         if not 0 <= logs <= self.settings.status_logs_max:
-            raise ApiError(422, "invalid_parameter", f"logs must be between 0 and {self.settings.status_logs_max}")
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"logs must be between 0 and {self.settings.status_logs_max}",
+            )
         project = self._project(project_id)
         run = self.store.get_latest_run(project.id)
         entries = self.store.get_logs(project.id, logs) if logs else []
@@ -167,14 +176,17 @@ class TrainingService:
             if run is None or not run.phase.is_active:
                 latest = f" (latest run is {run.phase.value})" if run else ""
                 raise self._refused(
-                    project, ApiError(409, "no_active_run", f"the project has no active run{latest}")
+                    project,
+                    ApiError(409, "no_active_run", f"the project has no active run{latest}"),
                 )
             try:
                 self.launcher.cancel(run)
             except LauncherUnavailable as error:
                 log.warning("launcher could not cancel run %s: %s", run.name, error)
                 self.store.log(project.id, f"Cancel of {run.name} failed: {error}; retry", "error")
-                raise unavailable("launcher_unavailable", "the launcher could not stop the run; retry later") from None
+                raise unavailable(
+                    "launcher_unavailable", "the launcher could not stop the run; retry later"
+                ) from None
             try:
                 run = self.store.update_run(
                     run.id,
@@ -184,11 +196,17 @@ class TrainingService:
             except InvalidState as error:
                 raise self._refused(
                     project,
-                    ApiError(409, "run_finished", f"the run ended before it could be cancelled ({error.actual})"),
+                    ApiError(
+                        409,
+                        "run_finished",
+                        f"the run ended before it could be cancelled ({error.actual})",
+                    ),
                 ) from None
             try:
                 project = self.store.set_project_status(
-                    project.id, self.settings.status_after_cancel, expected=[self.settings.status_training]
+                    project.id,
+                    self.settings.status_after_cancel,
+                    expected=[self.settings.status_training],
                 )
             except InvalidState:
                 project = self.store.get_project(project.id)

@@ -47,4 +47,3 @@ def ready(request: Request) -> HealthResponse:
 )
 def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-

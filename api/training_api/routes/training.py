@@ -20,7 +20,9 @@ from training_api.schemas import (
 )
 
 # A string, checked by the service: a malformed id is a 400 that names the problem.
-ProjectId = Annotated[str, Path(description="The project's id (a UUID).", json_schema_extra={"format": "uuid"})]
+ProjectId = Annotated[
+    str, Path(description="The project's id (a UUID).", json_schema_extra={"format": "uuid"})
+]
 
 ERRORS = {
     code: {"model": ErrorResponse, "description": description}
@@ -48,7 +50,9 @@ router = APIRouter(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=StartResponse,
     summary="Start training a project",
-    responses={200: {"model": StartResponse, "description": "The project's active run (no new run)"}},
+    responses={
+        200: {"model": StartResponse, "description": "The project's active run (no new run)"}
+    },
 )
 def start_training(
     body: StartRequest, service: ServiceDep, client: LimitedClientDep, response: Response
@@ -71,13 +75,19 @@ def start_training(
     )
 
 
-@router.get("/status/{project_id}", response_model=StatusResponse, summary="A project's training status")
+@router.get(
+    "/status/{project_id}", response_model=StatusResponse, summary="A project's training status"
+)
 def training_status(
     project_id: ProjectId,
     service: ServiceDep,
-    logs: Annotated[int | None, Query(ge=0, description="How many agent_logs lines (newest first)")] = None,
+    logs: Annotated[
+        int | None, Query(ge=0, description="How many agent_logs lines (newest first)")
+    ] = None,
 ) -> StatusResponse:
-    found = service.status(project_id, service.settings.status_logs_default if logs is None else logs)
+    found = service.status(
+        project_id, service.settings.status_logs_default if logs is None else logs
+    )
     run = found.run
     return StatusResponse(
         project_id=found.project.id,
@@ -90,8 +100,12 @@ def training_status(
     )
 
 
-@router.post("/cancel/{project_id}", response_model=CancelResponse, summary="Cancel a project's active run")
-def cancel_training(project_id: ProjectId, service: ServiceDep, client: LimitedClientDep) -> CancelResponse:
+@router.post(
+    "/cancel/{project_id}", response_model=CancelResponse, summary="Cancel a project's active run"
+)
+def cancel_training(
+    project_id: ProjectId, service: ServiceDep, client: LimitedClientDep
+) -> CancelResponse:
     run, project = service.cancel(project_id)
     return CancelResponse(
         run_id=run.id,

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -119,19 +120,16 @@ class _Child:
         return not _alive(self.pid, self.created), None
 
     def signal_group(self, signum: int) -> None:
-        try:
+        with suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _alive(pid: int, created: float | None) -> bool:
     """The process exists and is the one we started (a reused pid has another start time)."""
     try:
         process = psutil.Process(pid)
-        return (
-            process.status() != psutil.STATUS_ZOMBIE
-            and (created is None or abs(process.create_time() - created) < 0.05)
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            created is None or abs(process.create_time() - created) < 0.05
         )
     except psutil.Error:
         return False
@@ -331,7 +329,9 @@ class LocalLauncher(Launcher):
         self._retries[spec.run_id] += 1
         attempt = self._retries[spec.run_id]
         try:
-            self._store.update_run(spec.run_id, RunUpdate(phase=Phase.PENDING), expected=ACTIVE_PHASES)
+            self._store.update_run(
+                spec.run_id, RunUpdate(phase=Phase.PENDING), expected=ACTIVE_PHASES
+            )
         except InvalidState:
             return
         self._store.log(
@@ -352,14 +352,12 @@ class LocalLauncher(Launcher):
             )
         except InvalidState:
             return  # the trainer recorded its outcome: nothing to add
-        try:
+        with suppress(InvalidState):  # the project moved on (say, a new start): leave it
             self._store.set_project_status(
                 spec.project_id,
                 self._settings.status_failed,
                 expected=[self._settings.status_training],
             )
-        except InvalidState:
-            pass
         self._store.log(spec.project_id, f"Run {spec.run_name} failed: {message}", "error")
 
     # -- restart safety ------------------------------------------------------------------

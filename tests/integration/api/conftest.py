@@ -54,7 +54,9 @@ def store(settings: Settings) -> Iterator[PostgresStore]:
 
 @pytest.fixture
 def idle_launcher(settings: Settings, store: PostgresStore) -> Iterator[LocalLauncher]:
-    launcher = LocalLauncher(settings, store, command=IDLE_TRAINER, grace_seconds=2, poll_seconds=0.05)
+    launcher = LocalLauncher(
+        settings, store, command=IDLE_TRAINER, grace_seconds=2, poll_seconds=0.05
+    )
     yield launcher
     launcher.close()
 

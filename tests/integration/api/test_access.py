@@ -30,7 +30,9 @@ PROTECTED = [
 def test_everything_but_health_needs_a_valid_token(app, method, path, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     with TestClient(app) as anonymous:
-        response = anonymous.request(method, path, headers=headers, json={"project_id": str(uuid4())})
+        response = anonymous.request(
+            method, path, headers=headers, json={"project_id": str(uuid4())}
+        )
 
     assert response.status_code == 401
     assert error_of(response)["code"] == "unauthorized"
@@ -75,7 +77,9 @@ def test_health_and_ready_are_open(app):
 
 
 def test_not_ready_when_the_store_is_down(tmp_path, idle_launcher):
-    settings = make_settings("postgresql://nobody@127.0.0.1:9/none", tmp_path, store_timeout_seconds=0.5)
+    settings = make_settings(
+        "postgresql://nobody@127.0.0.1:9/none", tmp_path, store_timeout_seconds=0.5
+    )
     with TestClient(create_app(settings, launcher=idle_launcher)) as api:
         response = api.get("/ready")
         health = api.get("/health")
@@ -106,7 +110,9 @@ def test_start_and_cancel_are_rate_limited_per_client(database_url, tmp_path, st
         answers = [api.post(START, json=unknown).status_code for _ in range(2)]
         limited = api.post(f"/agents/training/cancel/{uuid4()}")
         status = api.get(f"/agents/training/status/{uuid4()}")
-        other_client = api.post(START, json=unknown, headers={"Authorization": "Bearer second-token-abcdef"})
+        other_client = api.post(
+            START, json=unknown, headers={"Authorization": "Bearer second-token-abcdef"}
+        )
 
     assert answers == [404, 404]
     assert limited.status_code == 429
@@ -138,10 +144,15 @@ def test_metrics_count_requests_by_route_and_runs_started(client, project_factor
     route = "/agents/training/status/{project_id}"
     assert f'training_api_requests_total{{method="GET",route="{route}",status="200"}} 1.0' in text
     assert f'training_api_requests_total{{method="GET",route="{route}",status="404"}} 1.0' in text
-    assert 'training_api_requests_total{method="POST",route="/agents/training/start",status="202"} 1.0' in text
+    assert (
+        'training_api_requests_total{method="POST",route="/agents/training/start",status="202"} 1.0'
+        in text
+    )
     assert 'route="unmatched",status="404"} 1.0' in text
     assert "training_runs_started_total 1.0" in text
-    assert f'training_api_request_duration_seconds_count{{method="GET",route="{route}"}} 2.0' in text
+    assert (
+        f'training_api_request_duration_seconds_count{{method="GET",route="{route}"}} 2.0' in text
+    )
     assert str(project.id) not in text  # ids never become labels
 
 
@@ -149,6 +160,8 @@ def test_openapi_documents_the_error_shape_and_examples(client):
     schema = client.get("/openapi.json").json()
 
     start = schema["paths"]["/agents/training/start"]["post"]
-    assert {"202", "200", "400", "401", "404", "409", "422", "429", "503"} <= set(start["responses"])
+    assert {"202", "200", "400", "401", "404", "409", "422", "429", "503"} <= set(
+        start["responses"]
+    )
     assert schema["components"]["schemas"]["StartRequest"]["examples"][0]["project_id"]
     assert "error" in schema["components"]["schemas"]["ErrorResponse"]["properties"]

@@ -37,9 +37,14 @@ def training_runs(kube_api) -> list[dict]:
 
 def a_spec(**fields) -> RunSpec:
     project_id = uuid4()
-    values = {"run_id": uuid4(), "run_name": f"train-{str(project_id)[:8]}-{str(project_id)[-12:]}-1",
-              "project_id": project_id, "dataset_url": "gs://data-bucket/raw/cats.zip",
-              "model_url": "gs://models-bucket/models/cats_model.pth", "epochs": 3}
+    values = {
+        "run_id": uuid4(),
+        "run_name": f"train-{str(project_id)[:8]}-{str(project_id)[-12:]}-1",
+        "project_id": project_id,
+        "dataset_url": "gs://data-bucket/raw/cats.zip",
+        "model_url": "gs://models-bucket/models/cats_model.pth",
+        "epochs": 3,
+    }
     return RunSpec(**{**values, **fields})
 
 
@@ -92,7 +97,10 @@ def test_fifty_concurrent_starts_make_one_run_and_one_training_run(
     async def start_all(base_url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as http:
             return await asyncio.gather(
-                *(http.post("/agents/training/start", json={"project_id": str(project.id)}) for _ in range(50))
+                *(
+                    http.post("/agents/training/start", json={"project_id": str(project.id)})
+                    for _ in range(50)
+                )
             )
 
     with serving(app) as base_url:
@@ -109,7 +117,9 @@ def test_fifty_concurrent_starts_make_one_run_and_one_training_run(
     assert store.get_project(project.id).status == "training"
 
 
-def test_cancel_through_the_api_deletes_the_training_run(kube_api, launcher, settings, store, project_factory):
+def test_cancel_through_the_api_deletes_the_training_run(
+    kube_api, launcher, settings, store, project_factory
+):
     from fastapi.testclient import TestClient
 
     project = project_factory()

@@ -35,11 +35,14 @@ EXIT_WITH = "import sys; sys.exit(int(sys.argv[1]))"
 JOURNAL = (
     "import os, sys, time\n"
     "def note(what):\n"
-    "    with open(sys.argv[1], 'a') as f: f.write(f\"{os.environ['TRAINING_RUN_NAME']} {what} {time.time()}\\n\")\n"
+    "    line = f\"{os.environ['TRAINING_RUN_NAME']} {what} {time.time()}\\n\"\n"
+    "    with open(sys.argv[1], 'a') as f: f.write(line)\n"
     "note('start'); time.sleep(float(sys.argv[2])); note('end')\n"
 )
 COUNT_AND_RETRY = "open('calls', 'a').write('x'); raise SystemExit(75)"
-IGNORE_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+IGNORE_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+)
 MARK_AND_WAIT = "open('spawned', 'w').write('yes'); import time; time.sleep(300)"
 
 
@@ -50,7 +53,9 @@ def launch(settings, store):
 
     def make(command: list[str], **options) -> LocalLauncher:
         options = {"grace_seconds": 1, "poll_seconds": 0.05, **options}
-        launcher = LocalLauncher(options.pop("settings", settings), store, command=command, **options)
+        launcher = LocalLauncher(
+            options.pop("settings", settings), store, command=command, **options
+        )
         made.append(launcher)
         return launcher
 
@@ -67,12 +72,23 @@ def record(store, project_factory, settings):
         project = project_factory(f"p-{uuid4().hex[:6]}", status="training")
         run_id = uuid4()
         spec = RunSpec(
-            run_id=run_id, run_name=run_name(project.id, 1), project_id=project.id,
-            dataset_url="file:///data/x.zip", model_url=f"{settings.bucket_url}/models/m.pth",
+            run_id=run_id,
+            run_name=run_name(project.id, 1),
+            project_id=project.id,
+            dataset_url="file:///data/x.zip",
+            model_url=f"{settings.bucket_url}/models/m.pth",
             backoff_limit=backoff_limit,
         )
-        store.create_run(NewRun(id=run_id, project_id=project.id, name=spec.run_name,
-                                spec=spec.model_dump(mode="json"), model_url=spec.model_url, phase=phase))
+        store.create_run(
+            NewRun(
+                id=run_id,
+                project_id=project.id,
+                name=spec.run_name,
+                spec=spec.model_dump(mode="json"),
+                model_url=spec.model_url,
+                phase=phase,
+            )
+        )
         return spec
 
     return make
@@ -86,7 +102,9 @@ def phase_of(store, spec: RunSpec) -> Phase:
     return store.get_run(spec.run_id).phase
 
 
-def test_the_trainer_gets_the_job_environment_contract(launch, record, store, settings, monkeypatch):
+def test_the_trainer_gets_the_job_environment_contract(
+    launch, record, store, settings, monkeypatch
+):
     monkeypatch.setenv("API_TOKENS", "must-not-leak")
     spec = record()
 
@@ -112,7 +130,9 @@ def test_a_crash_fails_the_run_and_the_project(launch, record, store, settings):
     assert "exited with code 3 before finishing the run" in run.error
     assert str(run_dir(settings, spec) / "trainer.log") in run.error
     assert store.get_project(spec.project_id).status == "failed"
-    assert any(e.log_level == "error" and "code 3" in e.message for e in store.get_logs(spec.project_id))
+    assert any(
+        e.log_level == "error" and "code 3" in e.message for e in store.get_logs(spec.project_id)
+    )
 
 
 def test_an_outcome_the_trainer_recorded_is_never_overwritten(launch, record, store):
@@ -155,8 +175,10 @@ def test_interrupted_runs_resume_up_to_the_backoff_limit(launch, record, store, 
 def test_runs_wait_their_turn_in_order(launch, record, store, settings, database_url, tmp_path):
     journal = tmp_path / "journal"
     specs = [record() for _ in range(3)]
-    launcher = launch(program(JOURNAL, str(journal), "0.4"), settings=make_settings(
-        database_url, tmp_path, local_max_concurrent=1))
+    launcher = launch(
+        program(JOURNAL, str(journal), "0.4"),
+        settings=make_settings(database_url, tmp_path, local_max_concurrent=1),
+    )
     for spec in specs:
         launcher.start(spec)
 
@@ -172,9 +194,14 @@ def test_runs_wait_their_turn_in_order(launch, record, store, settings, database
     assert [what for _, what, _ in events] == ["start", "end"] * 3
 
 
-def test_cancel_of_a_queued_run_means_it_never_starts(launch, record, store, settings, database_url, tmp_path):
+def test_cancel_of_a_queued_run_means_it_never_starts(
+    launch, record, store, settings, database_url, tmp_path
+):
     first, second = record(), record()
-    launcher = launch(program(MARK_AND_WAIT), settings=make_settings(database_url, tmp_path, local_max_concurrent=1))
+    launcher = launch(
+        program(MARK_AND_WAIT),
+        settings=make_settings(database_url, tmp_path, local_max_concurrent=1),
+    )
     launcher.start(first)
     launcher.start(second)
     wait_for(lambda: (run_dir(settings, first) / "spawned").exists())
@@ -236,7 +263,10 @@ def test_restart_requeues_active_runs_whose_process_is_gone(
     folder.mkdir(parents=True)
     (folder / "pid").write_text(f"{os.getpid()} 12.0\n")  # a pid now used by another process
 
-    launch(program(MARK_AND_WAIT), settings=make_settings(database_url, tmp_path, local_max_concurrent=2))
+    launch(
+        program(MARK_AND_WAIT),
+        settings=make_settings(database_url, tmp_path, local_max_concurrent=2),
+    )
 
     for spec in (running, queued):
         wait_for(lambda spec=spec: (run_dir(settings, spec) / "spawned").exists())
@@ -258,7 +288,9 @@ def test_close_stops_trainers_and_leaves_their_runs_to_resume(launch, record, st
 
 def test_a_run_with_an_unusable_spec_is_failed_on_restart(launch, store, project_factory):
     project = project_factory(status="training")
-    broken = store.create_run(NewRun(project_id=project.id, name="train-broken-1", spec={"model": 1}))
+    broken = store.create_run(
+        NewRun(project_id=project.id, name="train-broken-1", spec={"model": 1})
+    )
 
     launch(program(MARK_AND_WAIT))
 

@@ -21,9 +21,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def training_api(database_url, gcs_bucket_url, tmp_path, store) -> Iterator[tuple[TestClient, object]]:
+def training_api(
+    database_url, gcs_bucket_url, tmp_path, store
+) -> Iterator[tuple[TestClient, object]]:
     settings = make_settings(
-        database_url, tmp_path, bucket_url=gcs_bucket_url, scratch_dir=tmp_path / "scratch",
+        database_url,
+        tmp_path,
+        bucket_url=gcs_bucket_url,
+        scratch_dir=tmp_path / "scratch",
         min_free_disk_bytes=0,
     )
     launcher = LocalLauncher(settings, store, grace_seconds=20, poll_seconds=0.1)
@@ -42,8 +47,15 @@ def digits_project(training_api, store, project_factory, tmp_path):
     open_blob_store(settings).upload(archive, dataset_url)
 
     def make(epochs: int):
-        metadata = {"model": "resnet18", "epochs": epochs, "image_size": 16, "batch_size": 32,
-                    "pretrained": False, "num_classes": 10, "seed": 0}
+        metadata = {
+            "model": "resnet18",
+            "epochs": epochs,
+            "image_size": 16,
+            "batch_size": 32,
+            "pretrained": False,
+            "num_classes": 10,
+            "seed": 0,
+        }
         return project_factory("digits", dataset=dataset_url, metadata=metadata)
 
     return make
@@ -85,7 +97,9 @@ def test_cancel_stops_a_training_run(training_api, digits_project, store):
     started = api.post("/agents/training/start", json={"project_id": str(project.id)}).json()
     # Cancel once the trainer is at work (it says so in the project's logs).
     wait_for(
-        lambda: any("Training started" in line["message"] for line in status_of(api, project.id)["logs"]),
+        lambda: any(
+            "Training started" in line["message"] for line in status_of(api, project.id)["logs"]
+        ),
         timeout=120,
         interval=0.2,
     )
@@ -95,7 +109,7 @@ def test_cancel_stops_a_training_run(training_api, digits_project, store):
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     run = store.get_run(started["run_id"])
     log_file = settings.local_runs_dir / run.name / "trainer.log"
-    wait_for(lambda: "ended" == api.app.state.service.launcher.describe(run)["state"], timeout=60)
+    wait_for(lambda: api.app.state.service.launcher.describe(run)["state"] == "ended", timeout=60)
     time.sleep(0.5)
     status = status_of(api, project.id)
     assert status["status"] == "cancelled" and status["project_status"] == "pending_training"

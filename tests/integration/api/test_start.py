@@ -23,7 +23,9 @@ def messages(store, project_id) -> list[str]:
     return [entry.message for entry in store.get_logs(project_id, 50)]
 
 
-def test_start_records_the_run_and_answers_202(client, store, settings, project_factory, idle_launcher):
+def test_start_records_the_run_and_answers_202(
+    client, store, settings, project_factory, idle_launcher
+):
     project = project_factory("Flowers 2026", metadata={"epochs": 4, "image_size": 64})
 
     response = client.post(START, json={"project_id": str(project.id)})
@@ -52,7 +54,9 @@ def test_start_records_the_run_and_answers_202(client, store, settings, project_
 
 
 def test_request_values_win_over_project_metadata(client, store, project_factory):
-    project = project_factory(metadata={"model": "resnet34", "epochs": 9, "batch_size": 16, "seed": 7})
+    project = project_factory(
+        metadata={"model": "resnet34", "epochs": 9, "batch_size": 16, "seed": 7}
+    )
 
     response = client.post(
         START, json={"project_id": str(project.id), "epochs": 3, "learning_rate": 0.01}
@@ -61,7 +65,11 @@ def test_request_values_win_over_project_metadata(client, store, project_factory
     assert response.status_code == 202
     spec = RunSpec.model_validate(store.get_latest_run(project.id).spec)
     assert (spec.model, spec.epochs, spec.learning_rate, spec.batch_size, spec.seed) == (
-        "resnet34", 3, 0.01, 16, 7
+        "resnet34",
+        3,
+        0.01,
+        16,
+        7,
     )
 
 
@@ -79,7 +87,9 @@ def test_second_start_answers_the_active_run(client, store, project_factory):
     assert len(store.list_active_runs()) == 1
 
 
-def test_a_later_run_gets_a_new_attempt_and_its_own_model_url(client, store, settings, project_factory):
+def test_a_later_run_gets_a_new_attempt_and_its_own_model_url(
+    client, store, settings, project_factory
+):
     project = project_factory("digits")
     first = client.post(START, json={"project_id": str(project.id)}).json()
     store.update_run(first["run_id"], RunUpdate(phase=Phase.FAILED, error="boom"))
@@ -88,7 +98,10 @@ def test_a_later_run_gets_a_new_attempt_and_its_own_model_url(client, store, set
     second = client.post(START, json={"project_id": str(project.id)}).json()
 
     assert second["run_name"].endswith("-2") and second["run_id"] != first["run_id"]
-    assert second["model_url"] == f"{settings.bucket_url}/models/digits_{second['run_id'][:8]}_model.pth"
+    assert (
+        second["model_url"]
+        == f"{settings.bucket_url}/models/digits_{second['run_id'][:8]}_model.pth"
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +117,9 @@ def test_a_later_run_gets_a_new_attempt_and_its_own_model_url(client, store, set
         ({"metadata": {"model": "vgg16"}}, "unsupported_model", "vgg16"),
     ],
 )
-def test_invalid_projects_are_refused_with_400_and_logged(client, store, project_factory, fields, code, words):
+def test_invalid_projects_are_refused_with_400_and_logged(
+    client, store, project_factory, fields, code, words
+):
     project = project_factory(**fields)
 
     response = client.post(START, json={"project_id": str(project.id)})
@@ -142,7 +157,10 @@ def test_malformed_project_id_is_400(client):
     response = client.post(START, json={"project_id": "../../etc/passwd"})
 
     assert response.status_code == 400
-    assert error_of(response) == {"code": "invalid_project_id", "message": "project_id must be a UUID"}
+    assert error_of(response) == {
+        "code": "invalid_project_id",
+        "message": "project_id must be a UUID",
+    }
 
 
 @pytest.mark.parametrize(
@@ -181,7 +199,10 @@ def test_bounds_from_settings_apply_to_request_values(client, store, project_fac
         "message": "epochs must be between 1 and 200 (got 201)",
     }
     assert unsupported.status_code == 422
-    assert error_of(unsupported)["code"] == "validation_error" and "'resnet18'" in error_of(unsupported)["message"]
+    assert (
+        error_of(unsupported)["code"] == "validation_error"
+        and "'resnet18'" in error_of(unsupported)["message"]
+    )
     assert store.get_latest_run(project.id) is None
 
 
@@ -216,7 +237,9 @@ def test_launcher_failure_undoes_the_claim(settings, store, project_factory, tmp
 
 
 def test_store_down_is_503_with_retry_after(tmp_path):
-    settings = make_settings("postgresql://nobody@127.0.0.1:9/none", tmp_path, store_timeout_seconds=0.5)
+    settings = make_settings(
+        "postgresql://nobody@127.0.0.1:9/none", tmp_path, store_timeout_seconds=0.5
+    )
 
     app = create_app(settings, launcher=KubernetesLauncher("training", _unreachable_kube()))
     with TestClient(app, headers=AUTH) as api:
@@ -239,7 +262,9 @@ def _unreachable_kube() -> k8s.ApiClient:
 def test_recorded_run_keeps_its_claim_when_the_run_is_already_there(client, store, project_factory):
     """A run recorded by someone else (say, before a restart) answers the start as active."""
     project = project_factory(status="training")
-    existing = store.create_run(NewRun(project_id=project.id, name="train-existing-1", phase=Phase.RUNNING))
+    existing = store.create_run(
+        NewRun(project_id=project.id, name="train-existing-1", phase=Phase.RUNNING)
+    )
 
     response = client.post(START, json={"project_id": str(project.id)})
 

@@ -31,16 +31,27 @@ def test_status_of_a_project_that_never_trained(client, project_factory):
     assert body["status"] == "not_started" and body["project_status"] == "pending_training"
     assert body["run"] is None and body["model_url"] is None and body["logs"] == []
     assert body["progress"] == {
-        "epoch": None, "total_epochs": None, "loss": None,
-        "val_accuracy": None, "images_per_second": None, "eta_seconds": None,
+        "epoch": None,
+        "total_epochs": None,
+        "loss": None,
+        "val_accuracy": None,
+        "images_per_second": None,
+        "eta_seconds": None,
     }
 
 
 def test_status_shows_progress_run_and_newest_logs(client, store, project_factory):
     project = project_factory(metadata={"epochs": 10})
     started = client.post(START, json={"project_id": str(project.id)}).json()
-    progress = {"epoch": 3, "total_epochs": 10, "loss": 0.41, "val_accuracy": 0.87,
-                "images_per_second": 812.5, "eta_seconds": 95.0, "val_loss": 0.5}
+    progress = {
+        "epoch": 3,
+        "total_epochs": 10,
+        "loss": 0.41,
+        "val_accuracy": 0.87,
+        "images_per_second": 812.5,
+        "eta_seconds": 95.0,
+        "val_loss": 0.5,
+    }
     store.update_run(started["run_id"], RunUpdate(phase=Phase.RUNNING, progress=progress))
     for epoch in (1, 2, 3):
         store.log(project.id, f"Epoch {epoch}/10 done")
@@ -69,7 +80,10 @@ def test_status_logs_default_and_bounds(client, store, settings, project_factory
 
     assert len(default["logs"]) == settings.status_logs_default
     assert too_many.status_code == 422
-    assert error_of(too_many) == {"code": "invalid_parameter", "message": "logs must be between 0 and 200"}
+    assert error_of(too_many) == {
+        "code": "invalid_parameter",
+        "message": "logs must be between 0 and 200",
+    }
     for response in (negative, not_a_number):
         assert response.status_code == 422 and error_of(response)["code"] == "validation_error"
 
@@ -102,7 +116,9 @@ def test_cancel_stops_the_process_and_records_it(client, store, idle_launcher, p
     assert cancelled.phase is Phase.CANCELLED and cancelled.finished_at is not None
     assert store.get_project(project.id).status == "pending_training"
     assert any("cancelled on request" in e.message for e in store.get_logs(project.id))
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    )
     # The ended process is not taken for a crash: the run stays Cancelled.
     wait_for(lambda: idle_launcher.describe(run)["state"] == "ended")
     assert store.get_run(run.id).phase is Phase.CANCELLED
@@ -117,7 +133,9 @@ def test_cancel_with_status_after_cancel_setting(database_url, tmp_path, store, 
     from tests.integration.api.conftest import AUTH, IDLE_TRAINER, make_settings
 
     settings = make_settings(database_url, tmp_path, status_after_cancel="cancelled")
-    launcher = LocalLauncher(settings, store, command=IDLE_TRAINER, grace_seconds=1, poll_seconds=0.05)
+    launcher = LocalLauncher(
+        settings, store, command=IDLE_TRAINER, grace_seconds=1, poll_seconds=0.05
+    )
     project = project_factory()
     try:
         with TestClient(create_app(settings, store, launcher), headers=AUTH) as api:
@@ -142,7 +160,11 @@ def test_cancel_without_an_active_run_is_409_and_logged(client, store, project_f
     assert response.status_code == 409
     error = error_of(response)
     assert error["code"] == "no_active_run"
-    assert (f"latest run is {phase.value}" in error["message"]) if phase else error["message"].endswith("run")
+    assert (
+        (f"latest run is {phase.value}" in error["message"])
+        if phase
+        else error["message"].endswith("run")
+    )
     assert any("no_active_run" in e.message for e in store.get_logs(project.id))
 
 

@@ -22,8 +22,14 @@ PROJECT_ID = UUID("3f2b6c1e-8d4a-4f6b-9c2e-1a7d5e9b0c34")
 
 
 def project(**fields) -> Project:
-    values = {"id": PROJECT_ID, "name": "Cats & Dogs", "task_type": "image_classification",
-              "framework": "pytorch", "status": "pending_training", "metadata": {}}
+    values = {
+        "id": PROJECT_ID,
+        "name": "Cats & Dogs",
+        "task_type": "image_classification",
+        "framework": "pytorch",
+        "status": "pending_training",
+        "metadata": {},
+    }
     return Project(**{**values, **fields})
 
 
@@ -41,36 +47,86 @@ def test_defaults_come_from_the_settings():
     choice = resolve_training(project(), dataset(), {}, SETTINGS)
 
     assert (choice.model, choice.epochs, choice.batch_size, choice.image_size) == (
-        SETTINGS.default_model, SETTINGS.default_epochs, SETTINGS.batch_size, SETTINGS.image_size
+        SETTINGS.default_model,
+        SETTINGS.default_epochs,
+        SETTINGS.batch_size,
+        SETTINGS.image_size,
     )
     assert choice.learning_rate == SETTINGS.default_learning_rate and choice.pretrained is True
     assert choice.dataset_url == "gs://data-bucket/raw/cats.zip"
 
 
 def test_request_overrides_win_over_metadata_over_defaults():
-    metadata = {"model": "resnet50", "epochs": 7, "batch_size": 8, "image_size": 96,
-                "pretrained": False, "seed": 3, "num_classes": 4, "owner": "platform-key"}
+    metadata = {
+        "model": "resnet50",
+        "epochs": 7,
+        "batch_size": 8,
+        "image_size": 96,
+        "pretrained": False,
+        "seed": 3,
+        "num_classes": 4,
+        "owner": "platform-key",
+    }
 
-    choice = resolve_training(project(metadata=metadata), dataset(), {"epochs": 2, "model": "mobilenet_v2"}, SETTINGS)
+    choice = resolve_training(
+        project(metadata=metadata), dataset(), {"epochs": 2, "model": "mobilenet_v2"}, SETTINGS
+    )
 
-    assert (choice.model, choice.epochs, choice.batch_size, choice.image_size) == ("mobilenet_v2", 2, 8, 96)
+    assert (choice.model, choice.epochs, choice.batch_size, choice.image_size) == (
+        "mobilenet_v2",
+        2,
+        8,
+        96,
+    )
     assert choice.pretrained is False and choice.seed == 3
 
 
 @pytest.mark.parametrize(
     ("metadata", "overrides", "status", "code", "message"),
     [
-        ({"epochs": 51}, {}, 400, "invalid_metadata", "project metadata epochs must be between 1 and 50 (got 51)"),
+        (
+            {"epochs": 51},
+            {},
+            400,
+            "invalid_metadata",
+            "project metadata epochs must be between 1 and 50 (got 51)",
+        ),
         ({}, {"epochs": 51}, 422, "invalid_parameter", "epochs must be between 1 and 50 (got 51)"),
-        ({}, {"batch_size": 257}, 422, "invalid_parameter", "batch_size must be between 1 and 256 (got 257)"),
-        ({"image_size": 8}, {}, 400, "invalid_metadata", "project metadata image_size must be between 16 and 1024 (got 8)"),
-        ({"seed": -1}, {}, 400, "invalid_metadata", "project metadata seed must be between 0 and 2^32 - 1 (got -1)"),
-        ({"epochs": "10"}, {}, 400, "invalid_metadata", "project metadata is invalid: epochs: Input should be a valid integer"),
+        (
+            {},
+            {"batch_size": 257},
+            422,
+            "invalid_parameter",
+            "batch_size must be between 1 and 256 (got 257)",
+        ),
+        (
+            {"image_size": 8},
+            {},
+            400,
+            "invalid_metadata",
+            "project metadata image_size must be between 16 and 1024 (got 8)",
+        ),
+        (
+            {"seed": -1},
+            {},
+            400,
+            "invalid_metadata",
+            "project metadata seed must be between 0 and 2^32 - 1 (got -1)",
+        ),
+        (
+            {"epochs": "10"},
+            {},
+            400,
+            "invalid_metadata",
+            "project metadata is invalid: epochs: Input should be a valid integer",
+        ),
         ({"learning_rate": True}, {}, 400, "invalid_metadata", "learning_rate"),
     ],
 )
 def test_out_of_bounds_values_name_their_source(metadata, overrides, status, code, message):
-    error = refusal(lambda: resolve_training(project(metadata=metadata), dataset(), overrides, SETTINGS))
+    error = refusal(
+        lambda: resolve_training(project(metadata=metadata), dataset(), overrides, SETTINGS)
+    )
 
     assert (error.status, error.code) == (status, code)
     assert message in error.message
@@ -85,8 +141,11 @@ def test_an_unsupported_model_lists_the_supported_ones():
 
 @pytest.mark.parametrize(
     ("fields", "code"),
-    [({"task_type": "text_classification"}, "unsupported_task_type"), ({"task_type": None}, "unsupported_task_type"),
-     ({"framework": "jax"}, "unsupported_framework")],
+    [
+        ({"task_type": "text_classification"}, "unsupported_task_type"),
+        ({"task_type": None}, "unsupported_task_type"),
+        ({"framework": "jax"}, "unsupported_framework"),
+    ],
 )
 def test_only_pytorch_image_classification_is_trained(fields, code):
     assert refusal(lambda: check_project_kind(project(**fields))).code == code
@@ -96,14 +155,19 @@ def test_framework_and_task_type_are_case_insensitive():
     check_project_kind(project(task_type="Image_Classification", framework="PyTorch"))
 
 
-@pytest.mark.parametrize("url", ["http://example.com/a.zip", "gs://b/x.zip", "file://relative/x.zip", "s3://bucket/a.zip"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/a.zip", "gs://b/x.zip", "file://relative/x.zip", "s3://bucket/a.zip"],
+)
 def test_dataset_urls_must_parse(url):
     error = refusal(lambda: resolve_training(project(), dataset(url), {}, SETTINGS))
 
     assert (error.status, error.code) == (400, "invalid_dataset_url")
 
 
-@pytest.mark.parametrize("text", ["", "123", "3f2b6c1e-8d4a-4f6b-9c2e", "'; drop table projects; --"])
+@pytest.mark.parametrize(
+    "text", ["", "123", "3f2b6c1e-8d4a-4f6b-9c2e", "'; drop table projects; --"]
+)
 def test_project_ids_must_be_uuids(text):
     assert refusal(lambda: parse_project_id(text)).code == "invalid_project_id"
 
@@ -121,8 +185,13 @@ def test_first_run_plan_uses_the_plain_model_name():
 
 def test_later_runs_get_the_next_attempt_and_their_own_model_url():
     choice = resolve_training(project(), dataset(), {}, SETTINGS)
-    previous = Run(id=uuid4(), project_id=PROJECT_ID, name="train-3f2b6c1e-1a7d5e9b0c34-2",
-                   phase=Phase.FAILED, attempt=2)
+    previous = Run(
+        id=uuid4(),
+        project_id=PROJECT_ID,
+        name="train-3f2b6c1e-1a7d5e9b0c34-2",
+        phase=Phase.FAILED,
+        attempt=2,
+    )
     run_id = UUID("abcdef01-0000-4000-8000-000000000000")
 
     spec = plan_run(choice, project(), previous, run_id, SETTINGS)
@@ -132,9 +201,20 @@ def test_later_runs_get_the_next_attempt_and_their_own_model_url():
 
 
 def test_progress_shows_only_the_promised_fields():
-    run = Run(id=uuid4(), project_id=PROJECT_ID, name="r", phase=Phase.RUNNING,
-              progress={"epoch": 2, "total_epochs": 5, "internal": "x"})
+    run = Run(
+        id=uuid4(),
+        project_id=PROJECT_ID,
+        name="r",
+        phase=Phase.RUNNING,
+        progress={"epoch": 2, "total_epochs": 5, "internal": "x"},
+    )
 
-    assert progress_of(run) == {"epoch": 2, "total_epochs": 5, "loss": None, "val_accuracy": None,
-                                "images_per_second": None, "eta_seconds": None}
+    assert progress_of(run) == {
+        "epoch": 2,
+        "total_epochs": 5,
+        "loss": None,
+        "val_accuracy": None,
+        "images_per_second": None,
+        "eta_seconds": None,
+    }
     assert progress_of(None) == {}

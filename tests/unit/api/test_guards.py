@@ -25,7 +25,9 @@ def test_each_token_names_its_client():
     assert auth.client_of("bearer   beta-token ") == "token-1"
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Token alpha-token", "Bearer alpha", "alpha-token"])
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer ", "Token alpha-token", "Bearer alpha", "alpha-token"]
+)
 def test_anything_else_is_401(header):
     auth = Authenticator([SecretStr("alpha-token")])
 

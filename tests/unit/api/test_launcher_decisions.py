@@ -48,7 +48,9 @@ def test_exits_are_described_for_people():
 
 def test_settings_travel_as_environment_without_api_tokens():
     settings = load_settings(
-        database_url="postgresql://u:secret@db/x", api_tokens="t1,t2", local_runs_dir=Path("/r"),
+        database_url="postgresql://u:secret@db/x",
+        api_tokens="t1,t2",
+        local_runs_dir=Path("/r"),
         bucket_url="gs://models-bucket",
     )
 
@@ -63,7 +65,10 @@ def test_settings_travel_as_environment_without_api_tokens():
 def test_training_run_resource_is_named_and_labelled_after_the_run():
     resource = training_run_resource(SPEC, "training")
 
-    assert resource["apiVersion"] == "training.automl.dev/v1alpha1" and resource["kind"] == "TrainingRun"
+    assert (
+        resource["apiVersion"] == "training.automl.dev/v1alpha1"
+        and resource["kind"] == "TrainingRun"
+    )
     assert resource["metadata"]["name"] == SPEC.run_name
     assert resource["metadata"]["namespace"] == "training"
     assert resource["metadata"]["labels"]["training.automl.dev/run-id"] == str(SPEC.run_id)
