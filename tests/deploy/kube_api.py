@@ -130,7 +130,9 @@ def _core_discovery(resources: list[tuple[str, str, str, str, bool]]) -> dict[st
 
 
 @contextmanager
-def running_kube_api(*, service_monitor_crd: bool = True) -> Iterator[KubeAPI]:
+def running_kube_api(
+    *, service_monitor_crd: bool = True, version: tuple[int, int] = KUBERNETES_VERSION
+) -> Iterator[KubeAPI]:
     """Serve the API on 127.0.0.1 from a thread with its own event loop, until the block ends."""
     resources = RESOURCES + ([SERVICE_MONITOR] if service_monitor_crd else [])
     started: dict[str, Any] = {}
@@ -153,7 +155,7 @@ def running_kube_api(*, service_monitor_crd: bool = True) -> Iterator[KubeAPI]:
                     kind=kind, namespaced=namespaced, verbs=set(VERBS)
                 )
             emulator["get /api/v1"] << _core_discovery(resources)
-            major, minor = KUBERNETES_VERSION
+            major, minor = version
             emulator["get /version"] << {
                 "major": str(major),
                 "minor": str(minor),

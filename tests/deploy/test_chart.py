@@ -324,6 +324,13 @@ def test_service_monitor_without_prometheus_operator_is_refused(tmp_path: Path) 
             helm.install(helm.deep_merge(REQUIRED, {"serviceMonitor": {"enabled": True}}), kubeconfig, NAMESPACE)
 
 
+def test_a_cluster_older_than_the_chart_supports_is_refused(tmp_path: Path) -> None:
+    with running_kube_api(version=(1, 29)) as api:
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+        with pytest.raises(helm.HelmError, match=r"requires kubeVersion: >=1\.30"):
+            helm.install(REQUIRED, kubeconfig, NAMESPACE)
+
+
 # -- the schema follows the settings ---------------------------------------------------------
 # Settings the chart sets itself, takes from Secrets, or that do not apply in a cluster.
 NOT_IN_CONFIG = {
