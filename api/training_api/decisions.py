@@ -179,10 +179,9 @@ def plan_run(
     A project's first run writes ``<project>_model.pth``; later runs add their id, so a
     model that exists is never overwritten.
     """
-    attempt = previous.attempt + 1 if previous else 1
     return RunSpec(
         run_id=run_id,
-        run_name=run_name(project.id, attempt),
+        run_name=run_name(project.id, next_attempt(previous)),
         project_id=project.id,
         dataset_url=choice.dataset_url,
         model=choice.model,
@@ -195,6 +194,10 @@ def plan_run(
         seed=choice.seed,
         resources=default_resources(settings),
     )
+
+
+def next_attempt(previous: Run | None) -> int:
+    return previous.attempt + 1 if previous else 1
 
 
 def wrong_status(project: Project, settings: Settings) -> ApiError:

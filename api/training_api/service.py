@@ -7,14 +7,15 @@ platform sees why a start or cancel was refused.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from training_core.domain import ACTIVE_PHASES, LogEntry, Phase, Project, Run
-from training_core.errors import InvalidState, NotFound
+from training_core.errors import Conflict, InvalidState, NotFound
 from training_core.launchers import Launcher, LauncherUnavailable
 from training_core.logs import bind
 from training_core.runspec import RunSpec
@@ -89,11 +90,17 @@ class TrainingService:
                     id=spec.run_id,
                     project_id=project.id,
                     name=spec.run_name,
-                    attempt=previous.attempt + 1 if previous else 1,
+                    attempt=decisions.next_attempt(previous),
                     spec=spec.model_dump(mode="json"),
                     model_url=spec.model_url,
                 )
             )
+        except Conflict:  # an active run the project's status did not show
+            self._release_claim(project)
+            raise self._refused(
+                project,
+                ApiError(409, "active_run_exists", "the project already has an active run"),
+            ) from None
         except Exception:
             self._release_claim(project)
             raise
@@ -136,14 +143,15 @@ class TrainingService:
         if project.status != self.settings.status_training:
             raise self._refused(project, decisions.wrong_status(project, self.settings))
         # The winner of a concurrent claim records its run within moments; wait for it.
-        deadline = time.monotonic() + RUN_VISIBLE_WITHIN_SECONDS
-        while True:
-            run = self.store.get_latest_run(project.id)
-            if run is not None and run.phase.is_active:
-                return Started(run=run, created=False)
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+        waiting = Retrying(
+            stop=stop_after_delay(RUN_VISIBLE_WITHIN_SECONDS),
+            wait=wait_fixed(0.05),
+            retry=retry_if_result(lambda run: run is None or not run.phase.is_active),
+            retry_error_callback=lambda _: None,
+        )
+        run = waiting(self.store.get_latest_run, project.id)
+        if run is not None:
+            return Started(run=run, created=False)
         raise self._refused(
             project,
             ApiError(

@@ -196,6 +196,8 @@ class LocalLauncher(Launcher):
         return {"state": state, "pid": child.pid if child else None, "log": str(log_path)}
 
     def ping(self) -> None:
+        if not self._recovered:
+            raise LauncherUnavailable("the local launcher is still looking at runs from before")
         if not self._watcher.is_alive():
             raise LauncherUnavailable("the local launcher's watcher has stopped")
         if not os.access(self._runs_dir, os.W_OK):

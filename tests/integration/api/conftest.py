@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from training_core.domain import Project
+from training_core.launchers import LauncherUnavailable
 from training_core.launchers.local import LocalLauncher
 from training_core.settings import Settings, load_settings
 from training_core.store.postgres import PostgresStore
@@ -57,6 +58,7 @@ def idle_launcher(settings: Settings, store: PostgresStore) -> Iterator[LocalLau
     launcher = LocalLauncher(
         settings, store, command=IDLE_TRAINER, grace_seconds=2, poll_seconds=0.05
     )
+    wait_for(lambda: ready(launcher))  # it has looked at the runs already recorded
     yield launcher
     launcher.close()
 
@@ -93,6 +95,14 @@ def error_of(response: httpx.Response) -> dict[str, str]:
     assert set(body) == {"success", "error"} and body["success"] is False, body
     assert set(body["error"]) == {"code", "message"}, body
     return body["error"]
+
+
+def ready(launcher: LocalLauncher) -> bool:
+    try:
+        launcher.ping()
+    except LauncherUnavailable:
+        return False
+    return True
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:

@@ -269,3 +269,20 @@ def test_recorded_run_keeps_its_claim_when_the_run_is_already_there(client, stor
     response = client.post(START, json={"project_id": str(project.id)})
 
     assert response.status_code == 200 and response.json()["run_id"] == str(existing.id)
+
+
+def test_an_active_run_behind_a_pending_status_is_409_and_the_claim_is_given_back(
+    client, store, project_factory
+):
+    project = project_factory()
+    store.create_run(NewRun(project_id=project.id, name="train-stray-1", phase=Phase.RUNNING))
+
+    response = client.post(START, json={"project_id": str(project.id)})
+
+    assert response.status_code == 409
+    assert error_of(response) == {
+        "code": "active_run_exists",
+        "message": "the project already has an active run",
+    }
+    assert store.get_project(project.id).status == "pending_training"
+    assert store.get_latest_run(project.id).name == "train-stray-1"
