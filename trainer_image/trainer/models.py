@@ -28,10 +28,7 @@ def get_supported_models() -> list[str]:
 
 def create_model(name: str, num_classes: int, weights: Weights = None) -> nn.Module:
     """Build ``name`` with a fresh ``num_classes``-way last layer, on the CPU."""
-    if name not in SUPPORTED_MODELS:
-        raise InvalidInput(
-            f"unsupported model '{name}'; supported: {', '.join(SUPPORTED_MODELS)}"
-        )
+    check_model_name(name)
     if num_classes < 2:
         raise InvalidInput(f"a classifier needs at least 2 classes, got {num_classes}")
     model = torchvision.models.get_model(name, weights=None)
@@ -44,6 +41,11 @@ def create_model(name: str, num_classes: int, weights: Weights = None) -> nn.Mod
         _load_backbone(model, state, source=str(weights))
     _replace_head(model, num_classes)
     return model
+
+
+def check_model_name(name: str) -> None:
+    if name not in SUPPORTED_MODELS:
+        raise InvalidInput(f"unsupported model '{name}'; supported: {', '.join(SUPPORTED_MODELS)}")
 
 
 def cached_imagenet_weights(name: str) -> Path:

@@ -38,10 +38,10 @@ from trainer.engine import (
     pick_device,
 )
 from trainer.interrupt import StopFlag, StopRequested
-from trainer.models import Weights, create_model
+from trainer.models import Weights, check_model_name, create_model
 from trainer.tracking import ProjectInfo, RunEnded, Tracker
 from training_core.archive import ArchiveLimits, extract_archive
-from training_core.blobs import BlobStore
+from training_core.blobs import BlobStore, parse_url
 from training_core.dataset import DatasetDescription, describe_dataset
 from training_core.domain import Progress
 from training_core.errors import BlobExists, BlobNotFound, InvalidInput, StoreUnavailable
@@ -147,6 +147,7 @@ class TrainingWorkflow:
             if not self.tracker.begin():
                 self.run_over = True
                 return False
+            check_model_name(self.spec.model)  # before any download: fail fast and cheap
             self.tracker.log(
                 f"Training started: {self.spec.model}, {self.spec.epochs} epochs, "
                 f"image size {self.spec.image_size}, batch size {self.spec.batch_size}"
@@ -181,7 +182,8 @@ class TrainingWorkflow:
                 if not path.is_file():
                     raise InvalidInput(f"dataset {url} not found")
                 return path
-            target = scratch / "dataset.archive"
+            # Its own name, so that messages about it name the file the user uploaded.
+            target = scratch / "download" / (Path(parse_url(url).path).name or "dataset")
             try:
                 info = self.blobs.download(url, target, max_bytes=self.settings.max_download_bytes)
             except BlobNotFound:
