@@ -131,7 +131,7 @@ def _core_discovery(resources: list[tuple[str, str, str, str, bool]]) -> dict[st
 
 @contextmanager
 def running_kube_api(
-    *, service_monitor_crd: bool = True, version: tuple[int, int] = KUBERNETES_VERSION
+    *, service_monitor_crd: bool = True, kubernetes_version: tuple[int, int] = KUBERNETES_VERSION
 ) -> Iterator[KubeAPI]:
     """Serve the API on 127.0.0.1 from a thread with its own event loop, until the block ends."""
     resources = RESOURCES + ([SERVICE_MONITOR] if service_monitor_crd else [])
@@ -155,7 +155,7 @@ def running_kube_api(
                     kind=kind, namespaced=namespaced, verbs=set(VERBS)
                 )
             emulator["get /api/v1"] << _core_discovery(resources)
-            major, minor = version
+            major, minor = kubernetes_version
             emulator["get /version"] << {
                 "major": str(major),
                 "minor": str(minor),

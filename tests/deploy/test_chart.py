@@ -325,9 +325,9 @@ def test_service_monitor_without_prometheus_operator_is_refused(tmp_path: Path) 
 
 
 def test_a_cluster_older_than_the_chart_supports_is_refused(tmp_path: Path) -> None:
-    with running_kube_api(version=(1, 29)) as api:
+    with running_kube_api(kubernetes_version=(1, 29)) as api:
         kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
-        with pytest.raises(helm.HelmError, match=r"requires kubeVersion: >=1\.30"):
+        with pytest.raises(helm.HelmError, match=r"requires kubeVersion: >=1\.30.* Kubernetes v1\.29\.0"):
             helm.install(REQUIRED, kubeconfig, NAMESPACE)
 
 
