@@ -208,6 +208,14 @@ def wrong_status(project: Project, settings: Settings) -> ApiError:
     )
 
 
+def cancellable(latest: Run | None) -> Run:
+    """The run a cancel stops: the project's latest, if it is still active."""
+    if latest is None or not latest.phase.is_active:
+        detail = f" (latest run is {latest.phase.value})" if latest else ""
+        raise ApiError(409, "no_active_run", f"the project has no active run{detail}")
+    return latest
+
+
 def progress_of(run: Run | None) -> dict[str, Any]:
     """The run's progress, limited to what the API promises."""
     if run is None:

@@ -180,46 +180,43 @@ class TrainingService:
         """Stop the active run: the launcher first (so nothing keeps training), then the records."""
         project = self._project(project_id)
         with bind(project_id=project.id):
-            run = self.store.get_latest_run(project.id)
-            if run is None or not run.phase.is_active:
-                latest = f" (latest run is {run.phase.value})" if run else ""
-                raise self._refused(
-                    project,
-                    ApiError(409, "no_active_run", f"the project has no active run{latest}"),
-                )
             try:
-                self.launcher.cancel(run)
-            except LauncherUnavailable as error:
-                log.warning("launcher could not cancel run %s: %s", run.name, error)
-                self.store.log(project.id, f"Cancel of {run.name} failed: {error}; retry", "error")
-                raise unavailable(
-                    "launcher_unavailable", "the launcher could not stop the run; retry later"
-                ) from None
-            try:
-                run = self.store.update_run(
-                    run.id,
-                    RunUpdate(phase=Phase.CANCELLED, error="cancelled on request"),
-                    expected=ACTIVE_PHASES,
-                )
-            except InvalidState as error:
-                raise self._refused(
-                    project,
-                    ApiError(
-                        409,
-                        "run_finished",
-                        f"the run ended before it could be cancelled ({error.actual})",
-                    ),
-                ) from None
-            try:
-                project = self.store.set_project_status(
-                    project.id,
-                    self.settings.status_after_cancel,
-                    expected=[self.settings.status_training],
-                )
-            except InvalidState:
-                project = self.store.get_project(project.id)
-            self.store.log(project.id, f"Training run {run.name} cancelled on request")
-            return run, project
+                run = decisions.cancellable(self.store.get_latest_run(project.id))
+            except ApiError as error:
+                raise self._refused(project, error) from None
+            self._stop(project, run)
+            return self._record_cancel(project, run)
+
+    def _stop(self, project: Project, run: Run) -> None:
+        try:
+            self.launcher.cancel(run)
+        except LauncherUnavailable as error:
+            log.warning("launcher could not cancel run %s: %s", run.name, error)
+            self.store.log(project.id, f"Cancel of {run.name} failed: {error}; retry", "error")
+            raise unavailable(
+                "launcher_unavailable", "the launcher could not stop the run; retry later"
+            ) from None
+
+    def _record_cancel(self, project: Project, run: Run) -> tuple[Run, Project]:
+        try:
+            run = self.store.update_run(
+                run.id,
+                RunUpdate(phase=Phase.CANCELLED, error="cancelled on request"),
+                expected=ACTIVE_PHASES,
+            )
+        except InvalidState as error:
+            message = f"the run ended before it could be cancelled ({error.actual})"
+            raise self._refused(project, ApiError(409, "run_finished", message)) from None
+        try:
+            project = self.store.set_project_status(
+                project.id,
+                self.settings.status_after_cancel,
+                expected=[self.settings.status_training],
+            )
+        except InvalidState:  # the project moved on meanwhile: report what it is
+            project = self.store.get_project(project.id)
+        self.store.log(project.id, f"Training run {run.name} cancelled on request")
+        return run, project
 
     # -- helpers -------------------------------------------------------------------------
     def _project(self, project_id: str) -> Project:

@@ -9,6 +9,7 @@ import pytest
 from training_core.domain import Dataset, Phase, Project, Run
 from training_core.settings import load_settings
 from training_api.decisions import (
+    cancellable,
     check_project_kind,
     parse_project_id,
     plan_run,
@@ -218,3 +219,21 @@ def test_progress_shows_only_the_promised_fields():
         "eta_seconds": None,
     }
     assert progress_of(None) == {}
+
+
+@pytest.mark.parametrize("phase", [Phase.QUEUED, Phase.PENDING, Phase.RUNNING])
+def test_active_runs_can_be_cancelled(phase):
+    run = Run(id=uuid4(), project_id=PROJECT_ID, name="r", phase=phase)
+
+    assert cancellable(run) is run
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED])
+def test_ended_runs_cannot_be_cancelled(phase):
+    run = Run(id=uuid4(), project_id=PROJECT_ID, name="r", phase=phase)
+
+    error = refusal(lambda: cancellable(run))
+
+    assert (error.status, error.code) == (409, "no_active_run")
+    assert error.message == f"the project has no active run (latest run is {phase.value})"
+    assert refusal(lambda: cancellable(None)).message == "the project has no active run"
