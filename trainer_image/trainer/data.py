@@ -33,7 +33,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RAM_FRACTION = 0.5  # of available RAM the cache may take
 GPU_FRACTION = 0.3  # of free GPU memory: the rest is for the model and its activations
-CROP_SCALE = (0.5, 1.0)  # light: a crop keeps at least half of the image
+CROP_SCALE = (0.7, 1.0)  # light: a crop keeps most of the image (and the object in it)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 Batch = tuple[torch.Tensor, torch.Tensor]

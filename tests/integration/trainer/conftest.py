@@ -23,7 +23,7 @@ from training_core.store.base import NewRun
 from training_core.store.postgres import PostgresStore
 
 # Small and quick on a CPU: 16 px digits, a batch of 32, a fixed seed.
-TRAINING = {"image_size": 16, "batch_size": 32, "learning_rate": 0.002, "pretrained": False, "seed": 0}
+TRAINING = {"image_size": 16, "batch_size": 32, "learning_rate": 0.001, "pretrained": False, "seed": 0}
 
 
 @dataclass
@@ -89,7 +89,7 @@ def trainer_case(
     spec = RunSpec(
         run_id=run_id, run_name=run_name(project.id, 1), project_id=project.id,
         dataset_url=dataset_url, model="resnet18", model_url=model_url_for(gcs_bucket_url, project.name),
-        epochs=3, **TRAINING,
+        epochs=4, **TRAINING,
     )  # fmt: skip
     run = pg_store.create_run(
         NewRun(id=run_id, project_id=project.id, name=spec.run_name, spec=spec.model_dump(mode="json"),

@@ -1,0 +1,105 @@
+"""The whole program, as a Job runs it, against a real Postgres and a real GCS-protocol server."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration.trainer.conftest import TrainerCase
+from training_core.domain import Phase
+from training_core.runspec import EXIT_OK
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_run_trains_uploads_and_records_its_model(trainer_case: TrainerCase, tmp_path: Path) -> None:
+    case = trainer_case
+
+    assert case.run_trainer() == EXIT_OK, case.output()
+
+    # The run and the project say it is done.
+    run = case.store.get_run(case.run.id)
+    assert run.phase == Phase.SUCCEEDED and run.started_at and run.finished_at
+    assert run.progress["epoch"] == 4 and run.progress["total_epochs"] == 4
+    assert run.progress["images_per_second"] > 0 and run.progress["eta_seconds"] == 0
+    assert case.store.get_project(case.project.id).status == "trained"
+
+    # One models row, pointing at the model, with what a user looks for first.
+    [model] = case.store.get_models(case.project.id)
+    assert model.run_id == case.run.id and model.gcs_url == case.spec.model_url
+    assert model.gcs_url.endswith("_model.pth") and model.framework == "pytorch"
+    assert model.metadata["epochs"] == 4
+    assert model.metadata["val_accuracy"] >= 0.9
+    assert model.metadata["test_accuracy"] >= 0.85
+    assert model.metadata["classes"] == [str(digit) for digit in range(10)]
+    assert model.metadata["final_loss"] > 0 and model.metadata["training_time_seconds"] > 0
+
+    # The logs tell the story, epoch by epoch.
+    lines = case.log_lines()
+    assert lines[0].startswith("Training started: resnet18, 4 epochs")
+    epochs = [line for line in lines if line.startswith("Epoch ")]
+    assert len(epochs) == 4
+    assert re.fullmatch(r"Epoch 4/4 completed\. Loss: \d\.\d{3}, val acc: \d\.\d{2} \(\d+ images/s\)", epochs[-1])
+    assert any(line.startswith("Input pipeline: decoded-image cache in cpu memory") for line in lines)
+    assert re.match(r"Training finished in \d+s of training .*val acc 0\.9\d\d", lines[-1])
+
+    # The bucket holds the model and its companions; checkpoints and scratch files are gone.
+    base = case.spec.model_url.removesuffix(".pth")
+    assert case.objects() == sorted(
+        [f"{case.bucket_url}/raw/digits.zip", case.spec.model_url, f"{base}.metrics.json", f"{base}.png"]
+    )
+    metrics = json.loads(case.blobs.read_bytes(f"{base}.metrics.json"))
+    assert len(metrics["history"]) == 4 and len(metrics["confusion_matrix"]) == 10
+    assert case.blobs.read_bytes(f"{base}.png")[:4] == b"\x89PNG"
+    assert list(case.scratch.iterdir()) == []
+
+    # The artifact classifies a validation image correctly in a fresh process.
+    model_path = tmp_path / "model.pth"
+    case.blobs.download(case.spec.model_url, model_path)
+    artifact = torch.load(model_path, weights_only=True)
+    assert artifact["metadata"]["architecture"] == "resnet18" and artifact["metadata"]["input_size"] == 16
+    assert artifact["metadata"]["run_id"] == str(case.run.id)
+    images = _validation_images(tmp_path, count=10)
+    script = (
+        "import sys, json; from pathlib import Path; from trainer import load_model; "
+        "m = load_model(Path(sys.argv[1])); "
+        "print(json.dumps([p.label for p in m.classify([Path(a) for a in sys.argv[2:]])]))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", script, str(model_path), *map(str, images)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    predicted = json.loads(answer.stdout)
+    truth = [path.parent.name for path in images]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 8, (predicted, truth)
+
+    # Running the program again after success changes nothing.
+    logs_before = case.log_lines()
+    assert case.run_trainer() == EXIT_OK
+    assert "is already Succeeded: nothing to do" in case.output()
+    assert case.log_lines() == logs_before
+    assert len(case.store.get_models(case.project.id)) == 1
+    assert case.store.get_run(case.run.id).finished_at == run.finished_at
+
+
+def _validation_images(folder: Path, count: int) -> list[Path]:
+    """One validation image per class from the dataset zip the run trained on."""
+    from training_core.samples import write_digits_zip
+
+    archive = write_digits_zip(folder / "digits.zip", 16)
+    out = []
+    with zipfile.ZipFile(archive) as opened:
+        for digit in range(count):
+            name = next(n for n in opened.namelist() if n.startswith(f"val/{digit}/"))
+            target = folder / "val" / str(digit) / Path(name).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(opened.read(name))
+            out.append(target)
+    return out
