@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
+from pydantic import BaseModel
 
 from training_api import decisions
 from training_api.deps import LimitedClientDep, ServiceDep, authenticated_client
@@ -37,6 +38,13 @@ ERRORS = {
     }.items()
 }
 
+
+def json_answer(body: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
+    """The body serialized once by pydantic: the model was built and checked already, so the
+    route skips FastAPI's second validation pass (``response_model`` still documents it)."""
+    return Response(body.model_dump_json(), status_code, media_type="application/json")
+
+
 router = APIRouter(
     prefix="/agents/training",
     tags=["training"],
@@ -54,17 +62,14 @@ router = APIRouter(
         200: {"model": StartResponse, "description": "The project's active run (no new run)"}
     },
 )
-def start_training(
-    body: StartRequest, service: ServiceDep, client: LimitedClientDep, response: Response
-) -> StartResponse:
+def start_training(body: StartRequest, service: ServiceDep, client: LimitedClientDep) -> Response:
     started = service.start(body.project_id, body.overrides())
     run = started.run
     if started.created:
         message = f"training run {run.name} queued"
     else:
-        response.status_code = status.HTTP_200_OK
         message = f"training run {run.name} is already active for this project; no new run started"
-    return StartResponse(
+    answer = StartResponse(
         created=started.created,
         run_id=run.id,
         run_name=run.name,
@@ -73,6 +78,7 @@ def start_training(
         status_url=f"{service.settings.public_base_url.rstrip('/')}/agents/training/status/{run.project_id}",
         message=message,
     )
+    return json_answer(answer, status.HTTP_202_ACCEPTED if started.created else status.HTTP_200_OK)
 
 
 @router.get(
@@ -84,12 +90,12 @@ def training_status(
     logs: Annotated[
         int | None, Query(ge=0, description="How many agent_logs lines (newest first)")
     ] = None,
-) -> StatusResponse:
+) -> Response:
     found = service.status(
         project_id, service.settings.status_logs_default if logs is None else logs
     )
     run = found.run
-    return StatusResponse(
+    answer = StatusResponse(
         project_id=found.project.id,
         project_status=found.project.status,
         status=decisions.phase_label(run.phase) if run else "not_started",
@@ -98,6 +104,7 @@ def training_status(
         model_url=run.model_url if run else None,
         logs=[LogView.of(entry) for entry in found.logs],
     )
+    return json_answer(answer)
 
 
 @router.post(
@@ -105,11 +112,12 @@ def training_status(
 )
 def cancel_training(
     project_id: ProjectId, service: ServiceDep, client: LimitedClientDep
-) -> CancelResponse:
+) -> Response:
     run, project = service.cancel(project_id)
-    return CancelResponse(
+    answer = CancelResponse(
         run_id=run.id,
         status=decisions.phase_label(run.phase),
         project_status=project.status,
         message=f"training run {run.name} cancelled",
     )
+    return json_answer(answer)
