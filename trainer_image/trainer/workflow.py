@@ -86,6 +86,8 @@ class TrainingWorkflow:
         """Run every step; the exit code tells the Job (or launcher) what happened."""
         started = time.monotonic()
         self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.settings.scratch_dir.glob(f"{self.spec.run_id}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed attempt of this run
         scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.run_id}-", dir=self.settings.scratch_dir))
         self.checkpoints = Checkpoints(self.blobs, self.spec.model_url, self.spec.run_id, scratch)
         try:
