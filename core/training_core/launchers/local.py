@@ -174,10 +174,10 @@ class LocalLauncher(Launcher):
 
     def cancel(self, run: Run) -> None:
         with self._lock:
-            self._cancelled.add(run.id)
             self._queue = deque(spec for spec in self._queue if spec.run_id != run.id)
             child = self._children.get(run.id)
             if child is not None and child.kill_at is None:
+                self._cancelled.add(run.id)  # its exit is the cancel's doing, not a crash
                 child.kill_at = time.monotonic() + self._grace
                 child.signal_group(signal.SIGTERM)
                 log.info("sent SIGTERM to run %s (pid %s)", run.name, child.pid)
@@ -262,8 +262,6 @@ class LocalLauncher(Launcher):
                 if len(self._children) >= self._settings.local_max_concurrent or not self._queue:
                     return
                 spec = self._queue.popleft()
-                if spec.run_id in self._cancelled:
-                    continue
                 child = self._spawn(spec)
                 if child is not None:
                     self._children[spec.run_id] = child
@@ -320,6 +318,8 @@ class LocalLauncher(Launcher):
             retry_limit=spec.backoff_limit,
         )
         log.info("run %s ended (%s): %s", spec.run_name, describe_exit(code), action.value)
+        if action is not ExitAction.RETRY:
+            self._retries.pop(spec.run_id, None)
         if action is ExitAction.RETRY:
             self._retry(spec, code)
         elif action is ExitAction.RECORDED:
