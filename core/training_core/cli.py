@@ -49,6 +49,32 @@ def db_migrate() -> None:
         typer.echo(f"applied {name}")
 
 
+@app.command("train")
+def train(
+    dataset: str = typer.Option(..., help="ImageFolder zip/tar (train/, val/, optional test/): a path, gs:// or file:// URL"),
+    model: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50, mobilenet_v2, efficientnet_b0, …"),
+    epochs: int = typer.Option(10, min=1, max=10000),
+    image_size: int = typer.Option(224, min=16, max=1024, help="Input size in pixels"),
+    batch_size: int = typer.Option(32, min=1, max=65536),
+    learning_rate: float = typer.Option(0.001, min=0, max=1),
+    pretrained: bool = typer.Option(False, help="Start from ImageNet weights (from the local torch hub cache)"),
+    seed: int | None = typer.Option(None, help="Make the run reproducible"),
+    output: str = typer.Option("model-output", help="Folder for model.pth, its metrics and charts"),
+) -> None:
+    """Train a model on this machine, without the API or a database (the same trainer as a Job)."""
+    from pathlib import Path
+
+    from trainer.local import train_locally
+
+    settings = settings_or_exit()
+    code = train_locally(
+        settings, dataset=dataset, output=Path(output), model=model, epochs=epochs,
+        image_size=image_size, batch_size=batch_size, learning_rate=learning_rate,
+        pretrained=pretrained, seed=seed,
+    )  # fmt: skip
+    raise typer.Exit(code)
+
+
 @app.command("check-dataset")
 def check_dataset(
     source: str = typer.Argument(..., help="ImageFolder zip/tar or folder: path or blob URL"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -67,6 +68,11 @@ class Checkpoints:
     def clear(self) -> None:
         for url in self.blobs.list(f"{self.prefix}/"):
             self.blobs.delete(url)
+        if self.prefix.startswith("file://"):  # a folder bucket keeps empty folders; GCS has none
+            run_folder = Path(self.prefix.removeprefix("file://"))
+            for folder in (run_folder, run_folder.parent):
+                with suppress(OSError):  # not empty (another run's checkpoints): keep it
+                    folder.rmdir()
 
     def latest_pointer(self) -> dict[str, Any] | None:
         try:

@@ -1,0 +1,61 @@
+"""``training-agent train``: a one-off local training, no API and no database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.digits import DigitsZip
+from trainer import load_model
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ, "SCRATCH_DIR": str(tmp_path / "scratch"), "OMP_NUM_THREADS": "1", "COLUMNS": "200",
+    }  # fmt: skip
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "training_core", "train", *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+
+def test_train_writes_a_model_to_the_output_folder(tmp_path: Path, digits_zip: DigitsZip) -> None:
+    dataset = digits_zip(16, 300)
+    args = ["--dataset", str(dataset), "--model", "resnet18", "--epochs", "1", "--image-size", "16",
+            "--batch-size", "32", "--seed", "1", "--output", "out"]  # fmt: skip
+
+    done = _train(tmp_path, *args)
+
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert "Epoch 1/1 completed. Loss:" in done.stdout
+    assert "Input pipeline: decoded-image cache in cpu memory" in done.stdout
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "model.metrics.json", "model.png", "model.pth",
+    ]  # fmt: skip — and no checkpoints left
+    loaded = load_model(out / "model.pth")
+    assert loaded.classes == [str(d) for d in range(10)] and loaded.input_size == 16
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+    # The same command again finds its model and changes nothing.
+    before = (out / "model.pth").read_bytes()
+    again = _train(tmp_path, *args)
+    assert again.returncode == EXIT_OK, again.stdout + again.stderr
+    assert "Model already uploaded" in again.stdout and "Epoch" not in again.stdout
+    assert (out / "model.pth").read_bytes() == before
+
+
+def test_train_refuses_a_missing_dataset(tmp_path: Path) -> None:
+    done = _train(tmp_path, "--dataset", "nowhere.zip", "--epochs", "1", "--output", "out")
+    assert done.returncode == EXIT_DO_NOT_RETRY
+    assert "Training failed at step 'download dataset': dataset" in done.stdout
+    assert "nowhere.zip not found" in done.stdout
+    assert not (tmp_path / "out" / "model.pth").exists()
