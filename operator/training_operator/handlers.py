@@ -96,7 +96,12 @@ def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Create the run's Job once; a finished or cancelled run never gets a new one."""
     run_id = UUID(body["spec"]["runId"])
     run = _stored_run(memo.store, run_id)
-    if (run and run.phase.is_terminal) or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
+    if run is None:
+        # Only the API makes runs: a hand-made TrainingRun would train into nowhere.
+        message = f"run {run_id} is not recorded in the store; no Job is created"
+        memo.kube.post_event(body, "Warning", "RunNotRecorded", message)
+        raise kopf.PermanentError(message)
+    if run.phase.is_terminal or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
         return
     manifest = builders.job_manifest(body, memo.config)
     job = memo.kube.create_job(manifest) or memo.kube.get_job(body.metadata.namespace, body.metadata.name)
@@ -125,9 +130,11 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.kube.delete_job(body.metadata.namespace, body.metadata.name)
 
 
-def watch_run(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+def watch_run(
+    body: kopf.Body, status: kopf.Status, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """Refresh progress for ``kubectl get tr`` and flag a run that waits too long for a node."""
-    if Phase(status.get("phase", "Queued")).is_terminal:
+    if stopped or Phase(status.get("phase", "Queued")).is_terminal:
         return
     job = memo.kube.get_job(body.metadata.namespace, body.metadata.name)
     if job is None:

@@ -281,3 +281,16 @@ def test_run_waiting_too_long_for_a_node_is_flagged_once(cluster: Cluster, opera
     assert len(warnings) == 1 and "3 Insufficient nvidia.com/gpu" in warnings[0]
     assert cluster.event_reasons(run.name).count("PendingTooLong") == 1
     assert cluster.training_run(run.name)["status"]["reason"] == "Unschedulable"
+
+
+def test_training_run_without_a_recorded_run_gets_no_job(cluster: Cluster, operator: object) -> None:
+    project, run = cluster.start_run()
+    eventually(lambda: cluster.job(run.name))
+    stray = cluster.training_run(run.name)
+    stray_spec = {**stray["spec"], "runId": "00000000-0000-4000-8000-000000000000"}
+    cluster.custom.create_namespaced_custom_object(
+        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns",
+        {"apiVersion": stray["apiVersion"], "kind": stray["kind"], "metadata": {"name": "by-hand"}, "spec": stray_spec},
+    )
+    eventually(lambda: _assert(cluster.event_reasons("by-hand") == ["RunNotRecorded"]))
+    assert [job["metadata"]["name"] for job in cluster.jobs()] == [run.name]
