@@ -31,13 +31,14 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.kube import KubeApi  # noqa: E402  (the test API server)
-from training_core.migrations import apply_migrations  # noqa: E402
-from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, RunSpec  # noqa: E402
-from training_core.store.base import NewRun  # noqa: E402
-from training_core.store.postgres import PostgresStore  # noqa: E402
-from training_operator.builders import job_manifest  # noqa: E402
-from training_operator.config import OperatorConfig  # noqa: E402
+from training_core.migrations import apply_migrations
+from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, RunSpec
+from training_core.store.base import NewRun
+from training_core.store.postgres import PostgresStore
+from training_operator.builders import job_manifest
+from training_operator.config import OperatorConfig
+
+from tests.fixtures.kube import KubeApi
 
 
 def record_runs(store: PostgresStore, count: int) -> list[RunSpec]:
@@ -70,7 +71,9 @@ def create_training_runs(api: client.ApiClient, namespace: str, specs: list[RunS
     custom = client.CustomObjectsApi(api)
     started = time.perf_counter()
     for spec in specs:
-        custom.create_namespaced_custom_object(CRD_GROUP, CRD_VERSION, namespace, CRD_PLURAL, training_run(spec))
+        custom.create_namespaced_custom_object(
+            CRD_GROUP, CRD_VERSION, namespace, CRD_PLURAL, training_run(spec)
+        )
     return time.perf_counter() - started
 
 
@@ -81,7 +84,9 @@ def create_jobs_directly(api: client.ApiClient, specs: list[RunSpec]) -> float:
     started = time.perf_counter()
     for spec in specs:
         resource = training_run(spec)
-        resource["metadata"].update(namespace="baseline", uid="00000000-0000-0000-0000-000000000000")
+        resource["metadata"].update(
+            namespace="baseline", uid="00000000-0000-0000-0000-000000000000"
+        )
         batch.create_namespaced_job("baseline", job_manifest(resource, config))
     return time.perf_counter() - started
 
@@ -138,7 +143,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_watching(kube: KubeApi, operator: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_until_watching(
+    kube: KubeApi, operator: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while not any(c.verb == "watch" and c.resource == CRD_PLURAL for c in kube.calls()):
         if operator.poll() is not None:
@@ -184,7 +191,9 @@ def main() -> None:
             store.close()
             server.cleanup()
 
-    table = Table(title=f"Operator throughput: {args.runs} TrainingRuns (test API server, this machine)")
+    table = Table(
+        title=f"Operator throughput: {args.runs} TrainingRuns (test API server, this machine)"
+    )
     for column in ("measure", "seconds", "per second", "ratio to direct Jobs"):
         table.add_column(column, justify="right" if column != "measure" else "left")
     rows = [
@@ -194,7 +203,9 @@ def main() -> None:
         (f"operator: → {args.runs} runs Pending in the store", all_pending),
     ]
     for label, seconds in rows:
-        table.add_row(label, f"{seconds:.2f}", f"{args.runs / seconds:.0f}", f"{seconds / direct:.2f}×")
+        table.add_row(
+            label, f"{seconds:.2f}", f"{args.runs / seconds:.0f}", f"{seconds / direct:.2f}×"
+        )
     table.add_row("operator CPU time (whole run, startup included)", f"{cpu:.2f}", "", "")
     table.add_row("operator peak memory (RSS)", f"{rss:.0f} MiB", "", "")
     Console(width=120).print(table)

@@ -88,7 +88,10 @@ def _pod_failure_policy() -> dict[str, Any]:
     return {
         "rules": [
             # A preempted or evicted pod is not the trainer's fault: retry without counting it.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
             # Bad input stays bad: fail the Job at once instead of retrying.
             {
                 "action": "FailJob",
@@ -173,7 +176,10 @@ def _container(spec: RunSpec, config: OperatorConfig) -> dict[str, Any]:
         "imagePullPolicy": config.image_pull_policy,
         "env": env,
         "envFrom": [{"configMapRef": {"name": config.settings_configmap}}],
-        "resources": {"requests": {"cpu": resources.cpu, "memory": resources.memory}, "limits": limits},
+        "resources": {
+            "requests": {"cpu": resources.cpu, "memory": resources.memory},
+            "limits": limits,
+        },
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -282,7 +288,9 @@ def _active_status(
         conditions = (suspend_condition, Condition("Scheduled", "True", "PodScheduled"))
         if disrupted:
             conditions += (Condition("Preempted", "False", "Resumed", "running on a new node"),)
-        return StatusUpdate(Phase.RUNNING, "PodRunning", "the trainer is running", conditions, start)
+        return StatusUpdate(
+            Phase.RUNNING, "PodRunning", "the trainer is running", conditions, start
+        )
     if disrupted:
         message = _condition_message(disrupted[-1], "DisruptionTarget") or "the pod was preempted"
         return StatusUpdate(
@@ -334,14 +342,18 @@ def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
     if latest is None:
         return None
     for condition in (latest.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            if condition.get("reason") == "Unschedulable":
-                return condition.get("message") or "no node fits the pod"
+        scheduled = (condition.get("type"), condition.get("status"), condition.get("reason"))
+        if scheduled == ("PodScheduled", "False", "Unschedulable"):
+            return condition.get("message") or "no node fits the pod"
     return None
 
 
 def pods_of(run_name: str, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [pod for pod in pods if (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUN) == run_name]
+    return [
+        pod
+        for pod in pods
+        if (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUN) == run_name
+    ]
 
 
 def _pod_phase(pod: Mapping[str, Any]) -> str | None:
@@ -365,16 +377,25 @@ def transition_for(update: StatusUpdate, job_name: str) -> Transition:
     """The conditional store update (and its one log line) that a status update asks for."""
     phase = update.phase
     if phase is Phase.PENDING:
-        expected = {Phase.QUEUED} | ({Phase.RUNNING} if update.reason in _REPLACED_POD_REASONS else set())
+        expected = {Phase.QUEUED} | (
+            {Phase.RUNNING} if update.reason in _REPLACED_POD_REASONS else set()
+        )
         level = "warning" if update.reason == "Preempted" else "info"
         return Transition(phase, frozenset(expected), level, f"Job {job_name}: {update.message}")
     if phase is Phase.RUNNING:
         return Transition(
-            phase, frozenset({Phase.QUEUED, Phase.PENDING}), "info", f"Job {job_name}: training started"
+            phase,
+            frozenset({Phase.QUEUED, Phase.PENDING}),
+            "info",
+            f"Job {job_name}: training started",
         )
     if phase is Phase.FAILED:
         return Transition(
-            phase, ACTIVE_PHASES, "error", f"Job {job_name} failed: {update.message}", update.message
+            phase,
+            ACTIVE_PHASES,
+            "error",
+            f"Job {job_name} failed: {update.message}",
+            update.message,
         )
     return Transition(phase, ACTIVE_PHASES, "info", f"Job {job_name} succeeded")
 
@@ -410,7 +431,9 @@ def progress_status(progress: Mapping[str, Any], total_epochs: int) -> dict[str,
         "images_per_second": "imagesPerSecond",
         "eta_seconds": "etaSeconds",
     }
-    out = {camel: progress[snake] for snake, camel in names.items() if progress.get(snake) is not None}
+    out = {
+        camel: progress[snake] for snake, camel in names.items() if progress.get(snake) is not None
+    }
     out.setdefault("totalEpochs", total_epochs)
     out["display"] = f"{out.get('epoch', 0)}/{out['totalEpochs']}"
     return out
@@ -448,7 +471,7 @@ def status_patch(
     reason, message = (update.reason, update.message)
     if phase != update.phase:
         reason = "ReportedByTrainer"
-        message = (run.error if run and run.error else f"the trainer reports {phase.value}")
+        message = run.error if run and run.error else f"the trainer reports {phase.value}"
     conditions = update.conditions
     if phase not in (Phase.QUEUED, Phase.PENDING):
         conditions += (Condition("PendingTooLong", "False", "NoLongerPending"),)
@@ -481,7 +504,10 @@ def pending_too_long(status: Mapping[str, Any], now: datetime, timeout_seconds: 
         return False
     if status.get("reason") == "Suspended":  # waiting on purpose
         return False
-    if any(c.get("type") == "PendingTooLong" and c.get("status") == "True" for c in status.get("conditions") or []):
+    if any(
+        c.get("type") == "PendingTooLong" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    ):
         return False
     since = status.get("phaseSince")
     if not since:

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from training_core.runspec import CRD_VERSION
-
 
 CRD_PATH = Path(__file__).with_name("crd.yaml")
 

@@ -13,7 +13,6 @@ from typing import Any
 from uuid import UUID
 
 import kopf
-
 from training_core.domain import Phase, Run
 from training_core.errors import InvalidState, NotFound
 from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
@@ -41,9 +40,15 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.on.field(*TRAINING_RUNS, field="spec.suspend", registry=registry)(on_suspend)
     kopf.on.delete(*TRAINING_RUNS, registry=registry)(on_delete)
     interval = config.timer_interval_seconds
-    kopf.timer(*TRAINING_RUNS, interval=interval, initial_delay=interval, registry=registry)(watch_run)
-    kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
-    kopf.on.event("", "v1", "pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_pod_event)
+    kopf.timer(*TRAINING_RUNS, interval=interval, initial_delay=interval, registry=registry)(
+        watch_run
+    )
+    kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(
+        on_job_event
+    )
+    kopf.on.event("", "v1", "pods", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(
+        on_pod_event
+    )
     return registry
 
 
@@ -104,7 +109,9 @@ def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if run.phase.is_terminal or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
         return
     manifest = builders.job_manifest(body, memo.config)
-    job = memo.kube.create_job(manifest) or memo.kube.get_job(body.metadata.namespace, body.metadata.name)
+    job = memo.kube.create_job(manifest) or memo.kube.get_job(
+        body.metadata.namespace, body.metadata.name
+    )
     if job is None:
         raise kopf.TemporaryError("the Job vanished right after it was found; retrying", delay=5)
     _check_owner(job, body)
@@ -115,7 +122,9 @@ def on_suspend(old: Any, new: Any, body: kopf.Body, memo: kopf.Memo, **_: Any) -
     """``spec.suspend`` suspends or resumes the Job (its pods go; the checkpoint stays)."""
     if old is None:  # creation: the Job is made with the right value
         return
-    job = memo.kube.patch_job(body.metadata.namespace, body.metadata.name, {"spec": {"suspend": bool(new)}})
+    job = memo.kube.patch_job(
+        body.metadata.namespace, body.metadata.name, {"spec": {"suspend": bool(new)}}
+    )
     if job is not None:
         reconcile(body, job, memo)
 
@@ -190,7 +199,9 @@ def _commit(memo: kopf.Memo, spec: RunSpec, transition: Transition) -> Run | Non
     store: Store = memo.store
     try:
         run = store.update_run(
-            spec.run_id, RunUpdate(phase=transition.phase, error=transition.error), transition.expected
+            spec.run_id,
+            RunUpdate(phase=transition.phase, error=transition.error),
+            transition.expected,
         )
     except (InvalidState, NotFound):
         return None
@@ -221,12 +232,16 @@ def _post(memo: kopf.Memo, run_body: Any, reason: str, transition: Transition) -
     memo.kube.post_event(run_body, kind, reason, transition.log_line)
 
 
-def _flag_pending(run_body: Any, status: dict[str, Any], pods: list[dict[str, Any]], memo: kopf.Memo) -> None:
+def _flag_pending(
+    run_body: Any, status: dict[str, Any], pods: list[dict[str, Any]], memo: kopf.Memo
+) -> None:
     meta = run_body["metadata"]
     why = builders.unschedulable_message(pods)
     seconds = int(memo.config.pending_timeout_seconds)
     message = f"still waiting for a node after {seconds} s" + (f": {why}" if why else "")
-    condition = builders.Condition("PendingTooLong", "True", "Unschedulable" if why else "NoNodeYet", message)
+    condition = builders.Condition(
+        "PendingTooLong", "True", "Unschedulable" if why else "NoNodeYet", message
+    )
     conditions = builders.merge_conditions(status.get("conditions") or [], [condition], _now())
     # The condition is the "already flagged" mark: written first, so a crash can lose the
     # log line but never write it twice.

@@ -15,7 +15,6 @@ from uuid import uuid4
 import kopf
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-
 from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION
 
 from training_operator.builders import LABEL_RUN, pods_of
@@ -38,9 +37,9 @@ def load_configuration() -> client.Configuration:
 
 def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
     """The same credentials for kopf's own watches and patches."""
-    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
-        "authorization"
-    )
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
     scheme, _, token = (header or "").rpartition(" ")
     return kopf.ConnectionInfo(
         server=configuration.host,
@@ -71,7 +70,9 @@ class Kube:
     def create_job(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create the Job; ``None`` when it exists already (a repeated or resumed handler)."""
         try:
-            return self._plain(self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest))
+            return self._plain(
+                self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+            )
         except ApiException as error:
             if error.status == 409:
                 return None
@@ -82,7 +83,9 @@ class Kube:
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         return self._get(
-            lambda: self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH)
+            lambda: self.batch.patch_namespaced_job(
+                name, namespace, patch, _content_type=MERGE_PATCH
+            )
         )
 
     def delete_job(self, namespace: str, name: str) -> None:
@@ -102,13 +105,20 @@ class Kube:
     # -- TrainingRuns ----------------------------------------------------------------------
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(
-            lambda: self.custom.get_namespaced_custom_object(CRD_GROUP, CRD_VERSION, namespace, CRD_PLURAL, name)
+            lambda: self.custom.get_namespaced_custom_object(
+                CRD_GROUP, CRD_VERSION, namespace, CRD_PLURAL, name
+            )
         )
 
     def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._get(
             lambda: self.custom.patch_namespaced_custom_object_status(
-                CRD_GROUP, CRD_VERSION, namespace, CRD_PLURAL, name, {"status": status},
+                CRD_GROUP,
+                CRD_VERSION,
+                namespace,
+                CRD_PLURAL,
+                name,
+                {"status": status},
                 _content_type=MERGE_PATCH,
             )
         )
@@ -123,7 +133,10 @@ class Kube:
             {
                 "apiVersion": "v1",
                 "kind": "Event",
-                "metadata": {"name": f"{meta['name']}.{uuid4().hex[:16]}", "namespace": meta["namespace"]},
+                "metadata": {
+                    "name": f"{meta['name']}.{uuid4().hex[:16]}",
+                    "namespace": meta["namespace"],
+                },
                 "involvedObject": {
                     "apiVersion": target.get("apiVersion"),
                     "kind": target.get("kind"),

@@ -12,7 +12,6 @@ from uuid import uuid4
 import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client
-
 from training_core.domain import Project, Run
 from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, RunSpec
 from training_core.store.base import NewRun
@@ -55,7 +54,10 @@ class Cluster:
             **spec_fields,
         )
         self.custom.create_namespaced_custom_object(
-            CRD_GROUP, CRD_VERSION, self.namespace, CRD_PLURAL,
+            CRD_GROUP,
+            CRD_VERSION,
+            self.namespace,
+            CRD_PLURAL,
             {
                 "apiVersion": f"{CRD_GROUP}/{CRD_VERSION}",
                 "kind": CRD_KIND,
@@ -78,13 +80,20 @@ class Cluster:
         return client.CoreV1Api(self.api)
 
     def training_run(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(CRD_GROUP, CRD_VERSION, self.namespace, CRD_PLURAL, name)
+        return self.custom.get_namespaced_custom_object(
+            CRD_GROUP, CRD_VERSION, self.namespace, CRD_PLURAL, name
+        )
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [self.api.sanitize_for_serialization(j) for j in self.batch.list_namespaced_job(self.namespace).items]
+        return [
+            self.api.sanitize_for_serialization(j)
+            for j in self.batch.list_namespaced_job(self.namespace).items
+        ]
 
     def job(self, name: str) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(self.batch.read_namespaced_job(name, self.namespace))
+        return self.api.sanitize_for_serialization(
+            self.batch.read_namespaced_job(name, self.namespace)
+        )
 
     # -- the Job controller's side (no controller runs here) ------------------------------
     def set_job_status(self, name: str, status: dict[str, Any]) -> None:
@@ -110,7 +119,10 @@ class Cluster:
 
     def set_pod_status(self, pod_name: str, status: dict[str, Any]) -> None:
         self.core.patch_namespaced_pod_status(
-            pod_name, self.namespace, {"status": status}, _content_type="application/merge-patch+json"
+            pod_name,
+            self.namespace,
+            {"status": status},
+            _content_type="application/merge-patch+json",
         )
 
     def event_reasons(self, name: str) -> list[str]:
@@ -135,7 +147,9 @@ def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float 
 
 
 @pytest.fixture
-def operator_env(kube_api: KubeApi, database_url: str, monkeypatch: pytest.MonkeyPatch) -> OperatorConfig:
+def operator_env(
+    kube_api: KubeApi, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> OperatorConfig:
     monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("DATABASE_URL", database_url)

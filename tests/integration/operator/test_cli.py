@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from training_core.domain import Phase
 
 from tests.integration.operator.conftest import Cluster, eventually
@@ -30,12 +29,18 @@ def test_operator_command_reconciles_answers_liveness_and_stops_on_sigterm(
     env = {**os.environ, "OPERATOR_LIVENESS_PORT": str(port)}
     cli = Path(sys.executable).with_name("training-agent")
     log = (tmp_path / "operator.log").open("w")
-    process = subprocess.Popen([str(cli), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [str(cli), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        project, run = cluster.start_run()
-        eventually(lambda: _assert(cluster.store.get_run(run.id).phase is Phase.PENDING), timeout=15)
+        _, run = cluster.start_run()
+        eventually(
+            lambda: _assert(cluster.store.get_run(run.id).phase is Phase.PENDING), timeout=15
+        )
         assert [job["metadata"]["name"] for job in cluster.jobs()] == [run.name]
-        health = eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2), timeout=30)
+        health = eventually(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2), timeout=30
+        )
         assert health.status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)

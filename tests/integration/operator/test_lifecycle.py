@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from training_core.domain import Phase
 from training_core.store import RunUpdate
 from training_operator.builders import GPU_RESOURCE, LABEL_PROJECT, LABEL_RUN
@@ -14,7 +13,9 @@ from tests.integration.operator.conftest import TIMER_INTERVAL, Cluster, eventua
 
 
 def test_created_run_gets_a_gpu_job_owned_by_it(cluster: Cluster, operator: object) -> None:
-    project, run = cluster.start_run(resources={"gpu_count": 2, "accelerator": "nvidia-l4", "spot": True})
+    project, run = cluster.start_run(
+        resources={"gpu_count": 2, "accelerator": "nvidia-l4", "spot": True}
+    )
 
     job = eventually(lambda: cluster.job(run.name))
     tr = cluster.training_run(run.name)
@@ -63,12 +64,16 @@ def _assert(condition: bool) -> None:
     assert condition
 
 
-def test_running_then_succeeded_follows_the_job_and_shows_progress(cluster: Cluster, operator: object) -> None:
+def test_running_then_succeeded_follows_the_job_and_shows_progress(
+    cluster: Cluster, operator: object
+) -> None:
     project, run = start_training(cluster, epochs=10)
     eventually(lambda: _assert(cluster.training_run(run.name)["status"]["phase"] == "Running"))
 
     # The trainer reports its progress in the store; the TrainingRun shows it to kubectl.
-    cluster.store.update_run(run.id, RunUpdate(progress={"epoch": 3, "total_epochs": 10, "val_accuracy": 0.81}))
+    cluster.store.update_run(
+        run.id, RunUpdate(progress={"epoch": 3, "total_epochs": 10, "val_accuracy": 0.81})
+    )
 
     def progress() -> None:
         shown = cluster.training_run(run.name)["status"]["progress"]
@@ -83,7 +88,9 @@ def test_running_then_succeeded_follows_the_job_and_shows_progress(cluster: Clus
             "ready": 0,
             "succeeded": 1,
             "completionTime": "2026-01-01T01:00:00Z",
-            "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T01:00:00Z"}],
+            "conditions": [
+                {"type": "Complete", "status": "True", "lastTransitionTime": "2026-01-01T01:00:00Z"}
+            ],
         },
     )
 
@@ -107,7 +114,9 @@ def test_running_then_succeeded_follows_the_job_and_shows_progress(cluster: Clus
 def test_outcome_written_by_the_trainer_is_kept(cluster: Cluster, operator: object) -> None:
     project, run = start_training(cluster)
     # The trainer finished and wrote its outcome before the Job controller noticed.
-    cluster.store.update_run(run.id, RunUpdate(phase=Phase.FAILED, error="dataset has one class only"))
+    cluster.store.update_run(
+        run.id, RunUpdate(phase=Phase.FAILED, error="dataset has one class only")
+    )
     cluster.store.set_project_status(project.id, "failed")
     cluster.set_job_status(run.name, {"active": 0, "ready": 0})  # pod gone, Job not settled yet
 
@@ -129,7 +138,11 @@ def test_outcome_written_by_the_trainer_is_kept(cluster: Cluster, operator: obje
             "Container trainer for pod training/x failed with exit code 65 matching FailJob rule at index 1",
             "the trainer refused its input (exit code 65)",
         ),
-        ("DeadlineExceeded", "Job was active longer than specified deadline", "exceeded its deadline of 600 seconds"),
+        (
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+            "exceeded its deadline of 600 seconds",
+        ),
         ("BackoffLimitExceeded", "Job has reached the specified backoff limit", "failed 4 time(s)"),
     ],
 )
@@ -144,8 +157,13 @@ def test_failed_job_fails_run_and_project(
             "ready": 0,
             "failed": 4,
             "conditions": [
-                {"type": "Failed", "status": "True", "reason": reason, "message": message,
-                 "lastTransitionTime": "2026-01-01T02:00:00Z"}
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": "2026-01-01T02:00:00Z",
+                }
             ],
         },
     )
@@ -164,15 +182,21 @@ def test_failed_job_fails_run_and_project(
     eventually(lambda: _assert(cluster.event_reasons(run.name).count(reason) == 1))
 
 
-def test_preempted_pod_sends_run_back_to_pending_then_running(cluster: Cluster, operator: object) -> None:
+def test_preempted_pod_sends_run_back_to_pending_then_running(
+    cluster: Cluster, operator: object
+) -> None:
     project, run = start_training(cluster, resources={"spot": True})
     cluster.set_pod_status(
         f"{run.name}-a",
         {
             "phase": "Failed",
             "conditions": [
-                {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-                 "message": "Pod was terminated in response to imminent node shutdown."}
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "TerminationByKubelet",
+                    "message": "Pod was terminated in response to imminent node shutdown.",
+                }
             ],
         },
     )
@@ -190,15 +214,26 @@ def test_preempted_pod_sends_run_back_to_pending_then_running(cluster: Cluster, 
     cluster.set_job_status(run.name, {"active": 1, "ready": 1})
     eventually(lambda: _assert(cluster.store.get_run(run.id).phase is Phase.RUNNING))
     lines = cluster.log_lines(project)
-    assert lines[2].startswith(f"Job {run.name}: preempted (Pod was terminated in response to imminent node")
-    assert lines[1:] == [f"Job {run.name}: training started", lines[2], f"Job {run.name}: training started"]
+    assert lines[2].startswith(
+        f"Job {run.name}: preempted (Pod was terminated in response to imminent node"
+    )
+    assert lines[1:] == [
+        f"Job {run.name}: training started",
+        lines[2],
+        f"Job {run.name}: training started",
+    ]
 
 
 def test_suspend_suspends_the_job_and_marks_the_run(cluster: Cluster, operator: object) -> None:
     project, run = start_training(cluster)
     patch = {"spec": {"suspend": True}}
     cluster.custom.patch_namespaced_custom_object(
-        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns", run.name, patch,
+        "training.automl.dev",
+        "v1alpha1",
+        cluster.namespace,
+        "trainingruns",
+        run.name,
+        patch,
         _content_type="application/merge-patch+json",
     )
 
@@ -206,7 +241,9 @@ def test_suspend_suspends_the_job_and_marks_the_run(cluster: Cluster, operator: 
         assert cluster.job(run.name)["spec"]["suspend"] is True
         status = cluster.training_run(run.name)["status"]
         assert status["phase"] == "Pending" and status["reason"] == "Suspended"
-        assert {"type": "Suspended", "status": "True"}.items() <= _condition(status, "Suspended").items()
+        assert {"type": "Suspended", "status": "True"}.items() <= _condition(
+            status, "Suspended"
+        ).items()
         assert cluster.store.get_run(run.id).phase is Phase.PENDING
 
     eventually(suspended)
@@ -214,11 +251,20 @@ def test_suspend_suspends_the_job_and_marks_the_run(cluster: Cluster, operator: 
 
     patch = {"spec": {"suspend": False}}
     cluster.custom.patch_namespaced_custom_object(
-        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns", run.name, patch,
+        "training.automl.dev",
+        "v1alpha1",
+        cluster.namespace,
+        "trainingruns",
+        run.name,
+        patch,
         _content_type="application/merge-patch+json",
     )
     eventually(lambda: _assert(cluster.job(run.name)["spec"]["suspend"] is False))
-    eventually(lambda: _assert(_condition(cluster.training_run(run.name)["status"], "Suspended")["status"] == "False"))
+    eventually(
+        lambda: _assert(
+            _condition(cluster.training_run(run.name)["status"], "Suspended")["status"] == "False"
+        )
+    )
 
 
 def _condition(status: dict, kind: str) -> dict:
@@ -239,12 +285,19 @@ def test_deleting_an_unfinished_run_cancels_it(cluster: Cluster, operator: objec
         assert cluster.jobs() == []
 
     eventually(cancelled)
-    eventually(lambda: _assert(not cluster.custom.list_namespaced_custom_object(
-        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns")["items"]))
+    eventually(
+        lambda: _assert(
+            not cluster.custom.list_namespaced_custom_object(
+                "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns"
+            )["items"]
+        )
+    )
     assert cluster.log_lines(project)[-1] == f"TrainingRun {run.name} was deleted: run cancelled"
 
 
-def test_deleting_a_run_the_api_cancelled_writes_nothing_more(cluster: Cluster, operator: object) -> None:
+def test_deleting_a_run_the_api_cancelled_writes_nothing_more(
+    cluster: Cluster, operator: object
+) -> None:
     project, run = start_training(cluster)
     cluster.store.update_run(run.id, RunUpdate(phase=Phase.CANCELLED))
     cluster.store.set_project_status(project.id, "pending_training")
@@ -257,14 +310,20 @@ def test_deleting_a_run_the_api_cancelled_writes_nothing_more(cluster: Cluster, 
     assert cluster.store.get_run(run.id).phase is Phase.CANCELLED
 
 
-def test_run_waiting_too_long_for_a_node_is_flagged_once(cluster: Cluster, operator: object) -> None:
+def test_run_waiting_too_long_for_a_node_is_flagged_once(
+    cluster: Cluster, operator: object
+) -> None:
     project, run = cluster.start_run(resources={"accelerator": "nvidia-h100-80gb"})
     eventually(lambda: cluster.job(run.name))
     unschedulable = {
         "phase": "Pending",
         "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
         ],
     }
     cluster.add_pod(run.name, f"{run.name}-a", unschedulable, "2026-01-01T00:00:00Z")
@@ -283,14 +342,24 @@ def test_run_waiting_too_long_for_a_node_is_flagged_once(cluster: Cluster, opera
     assert cluster.training_run(run.name)["status"]["reason"] == "Unschedulable"
 
 
-def test_training_run_without_a_recorded_run_gets_no_job(cluster: Cluster, operator: object) -> None:
-    project, run = cluster.start_run()
+def test_training_run_without_a_recorded_run_gets_no_job(
+    cluster: Cluster, operator: object
+) -> None:
+    _, run = cluster.start_run()
     eventually(lambda: cluster.job(run.name))
     stray = cluster.training_run(run.name)
     stray_spec = {**stray["spec"], "runId": "00000000-0000-4000-8000-000000000000"}
     cluster.custom.create_namespaced_custom_object(
-        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns",
-        {"apiVersion": stray["apiVersion"], "kind": stray["kind"], "metadata": {"name": "by-hand"}, "spec": stray_spec},
+        "training.automl.dev",
+        "v1alpha1",
+        cluster.namespace,
+        "trainingruns",
+        {
+            "apiVersion": stray["apiVersion"],
+            "kind": stray["kind"],
+            "metadata": {"name": "by-hand"},
+            "spec": stray_spec,
+        },
     )
     eventually(lambda: _assert(cluster.event_reasons("by-hand") == ["RunNotRecorded"]))
     assert [job["metadata"]["name"] for job in cluster.jobs()] == [run.name]

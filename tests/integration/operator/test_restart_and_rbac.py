@@ -52,19 +52,28 @@ def test_operator_restarted_mid_run_converges_without_duplicates(
 def test_every_call_of_a_whole_run_is_covered_by_the_rbac_rules(
     cluster: Cluster, operator: object, kube_api: KubeApi
 ) -> None:
-    project, run = cluster.start_run()
+    _, run = cluster.start_run()
     eventually(lambda: _assert(cluster.store.get_run(run.id).phase is Phase.PENDING))
     cluster.add_pod(run.name, f"{run.name}-a", RUNNING_POD, "2026-01-01T00:00:00Z")
     eventually(lambda: _assert(cluster.store.get_run(run.id).phase is Phase.RUNNING))
     cluster.custom.patch_namespaced_custom_object(
-        "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns", run.name,
-        {"spec": {"suspend": True}}, _content_type=MERGE,
+        "training.automl.dev",
+        "v1alpha1",
+        cluster.namespace,
+        "trainingruns",
+        run.name,
+        {"spec": {"suspend": True}},
+        _content_type=MERGE,
     )
     eventually(lambda: _assert(cluster.job(run.name)["spec"]["suspend"] is True))
     cluster.custom.delete_namespaced_custom_object(
         "training.automl.dev", "v1alpha1", cluster.namespace, "trainingruns", run.name
     )
-    eventually(lambda: _assert(cluster.store.get_run(run.id).phase is Phase.CANCELLED and not cluster.jobs()))
+    eventually(
+        lambda: _assert(
+            cluster.store.get_run(run.id).phase is Phase.CANCELLED and not cluster.jobs()
+        )
+    )
 
     calls = operator_calls(kube_api)
     assert {call for call in calls if not allowed(*call)} == set()
@@ -74,4 +83,7 @@ def test_every_call_of_a_whole_run_is_covered_by_the_rbac_rules(
 
 def test_calls_are_recorded_as_rbac_sees_them(kube_api: KubeApi) -> None:
     kube_api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}})
-    assert Call("create", "", "configmaps", "training", None, kube_api.calls()[-1].user_agent) in kube_api.calls()
+    assert (
+        Call("create", "", "configmaps", "training", None, kube_api.calls()[-1].user_agent)
+        in kube_api.calls()
+    )

@@ -8,7 +8,6 @@ from uuid import uuid4
 
 import kubernetes_validate
 import pytest
-
 from training_core.domain import Phase, Run
 from training_core.runspec import EXIT_DO_NOT_RETRY, Resources
 from training_core.settings import load_settings
@@ -90,7 +89,9 @@ def test_labels_link_job_and_pods_to_run_and_project() -> None:
 
 
 def test_gpu_limits_node_selection_and_tolerations() -> None:
-    job = job_for(resources=Resources(gpu_count=2, accelerator="nvidia-l4", spot=True, cpu="8", memory="32Gi"))
+    job = job_for(
+        resources=Resources(gpu_count=2, accelerator="nvidia-l4", spot=True, cpu="8", memory="32Gi")
+    )
     pod = job["spec"]["template"]["spec"]
     assert container(job)["resources"] == {
         "requests": {"cpu": "8", "memory": "32Gi"},
@@ -102,14 +103,21 @@ def test_gpu_limits_node_selection_and_tolerations() -> None:
     }
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-        {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+        {
+            "key": "cloud.google.com/gke-spot",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        },
     ]
 
 
 def test_on_demand_gpu_without_accelerator_only_tolerates_gpu_nodes() -> None:
     pod = job_for(resources=Resources(gpu_count=1))["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
 
 
 def test_cpu_only_run_asks_for_no_gpu() -> None:
@@ -131,7 +139,9 @@ def test_environment_carries_the_run_contract_and_secret_references() -> None:
     assert env["SCRATCH_DIR"]["value"] == "/scratch"
     assert env["SUPABASE_SERVICE_ROLE_KEY"] == {
         "name": "SUPABASE_SERVICE_ROLE_KEY",
-        "valueFrom": {"secretKeyRef": {"name": "agent-secrets", "key": "SUPABASE_SERVICE_ROLE_KEY"}},
+        "valueFrom": {
+            "secretKeyRef": {"name": "agent-secrets", "key": "SUPABASE_SERVICE_ROLE_KEY"}
+        },
     }
     assert container(job)["envFrom"] == [{"configMapRef": {"name": "agent-settings"}}]
     # No secret value is ever written into the Job.
@@ -154,7 +164,11 @@ def test_pod_failure_policy_ignores_preemption_and_stops_on_bad_input() -> None:
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         {
             "action": "FailJob",
-            "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_DO_NOT_RETRY]},
+            "onExitCodes": {
+                "containerName": "trainer",
+                "operator": "In",
+                "values": [EXIT_DO_NOT_RETRY],
+            },
         },
     ]
 
@@ -189,20 +203,41 @@ def test_pod_runs_non_root_on_a_read_only_root_with_scratch_space() -> None:
 def test_priority_class_is_optional() -> None:
     assert "priorityClassName" not in job_for()["spec"]["template"]["spec"]
     config = CONFIG.model_copy(update={"priority_class": "training-low"})
-    assert builders.job_manifest(run_resource(), config)["spec"]["template"]["spec"]["priorityClassName"] == "training-low"
+    assert (
+        builders.job_manifest(run_resource(), config)["spec"]["template"]["spec"][
+            "priorityClassName"
+        ]
+        == "training-low"
+    )
 
 
 # -- Job (+ pods) → status ---------------------------------------------------------------------
-def pod(name: str, created: str, phase: str = "Pending", *conditions: dict[str, str]) -> dict[str, Any]:
+def pod(
+    name: str, created: str, phase: str = "Pending", *conditions: dict[str, str]
+) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "creationTimestamp": created, "labels": {builders.LABEL_RUN: "train-p1-1"}},
+        "metadata": {
+            "name": name,
+            "creationTimestamp": created,
+            "labels": {builders.LABEL_RUN: "train-p1-1"},
+        },
         "status": {"phase": phase, "conditions": list(conditions)},
     }
 
 
 JOB = {"spec": {"suspend": False, "backoffLimit": 3, "activeDeadlineSeconds": 600}}
-UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes: Insufficient nvidia.com/gpu"}
-DISRUPTED = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler", "message": "node preempted"}
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/2 nodes: Insufficient nvidia.com/gpu",
+}
+DISRUPTED = {
+    "type": "DisruptionTarget",
+    "status": "True",
+    "reason": "PreemptionByScheduler",
+    "message": "node preempted",
+}
 
 
 def with_status(**status: Any) -> dict[str, Any]:
@@ -213,8 +248,15 @@ def failed(reason: str, message: str = "") -> dict[str, Any]:
     return with_status(
         failed=4,
         startTime="2026-01-01T00:00:00Z",
-        conditions=[{"type": "Failed", "status": "True", "reason": reason, "message": message,
-                     "lastTransitionTime": "2026-01-01T02:00:00Z"}],
+        conditions=[
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-01-01T02:00:00Z",
+            }
+        ],
     )
 
 
@@ -225,17 +267,26 @@ def test_new_job_is_pending() -> None:
 
 def test_ready_pod_or_running_pod_is_running() -> None:
     assert builders.run_status(with_status(active=1, ready=1)).phase is Phase.RUNNING
-    running = builders.run_status(with_status(active=1), [pod("a", "2026-01-01T00:00:00Z", "Running")])
+    running = builders.run_status(
+        with_status(active=1), [pod("a", "2026-01-01T00:00:00Z", "Running")]
+    )
     assert (running.phase, running.reason) == (Phase.RUNNING, "PodRunning")
 
 
 def test_complete_job_succeeded() -> None:
     update = builders.run_status(
-        with_status(succeeded=1, startTime="2026-01-01T00:00:00Z", completionTime="2026-01-01T01:00:00Z",
-                    conditions=[{"type": "Complete", "status": "True"}])
+        with_status(
+            succeeded=1,
+            startTime="2026-01-01T00:00:00Z",
+            completionTime="2026-01-01T01:00:00Z",
+            conditions=[{"type": "Complete", "status": "True"}],
+        )
     )
     assert update.phase is Phase.SUCCEEDED
-    assert (update.start_time, update.completion_time) == ("2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z")
+    assert (update.start_time, update.completion_time) == (
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T01:00:00Z",
+    )
     assert update.conditions == (Condition("Complete", "True", "Completed", "the Job completed"),)
 
 
@@ -243,8 +294,14 @@ def test_complete_job_succeeded() -> None:
     ("reason", "sentence"),
     [
         ("DeadlineExceeded", "the run exceeded its deadline of 600 seconds"),
-        ("BackoffLimitExceeded", "the trainer's pod failed 4 time(s), more than the backoff limit of 3"),
-        ("PodFailurePolicy", "the trainer refused its input (exit code 65); retrying would not help"),
+        (
+            "BackoffLimitExceeded",
+            "the trainer's pod failed 4 time(s), more than the backoff limit of 3",
+        ),
+        (
+            "PodFailurePolicy",
+            "the trainer refused its input (exit code 65); retrying would not help",
+        ),
         ("SomethingNew", "the training Job failed"),
     ],
 )
@@ -262,9 +319,14 @@ def test_false_conditions_do_not_count() -> None:
 
 
 def test_suspended_job_is_pending_with_a_suspended_condition() -> None:
-    update = builders.run_status({**JOB, "spec": {"suspend": True}, "status": {"active": 1, "ready": 1}})
+    update = builders.run_status(
+        {**JOB, "spec": {"suspend": True}, "status": {"active": 1, "ready": 1}}
+    )
     assert (update.phase, update.reason) == (Phase.PENDING, "Suspended")
-    assert Condition("Suspended", "True", "Suspended", "spec.suspend is true: the Job has no pod") in update.conditions
+    assert (
+        Condition("Suspended", "True", "Suspended", "spec.suspend is true: the Job has no pod")
+        in update.conditions
+    )
 
 
 def test_preempted_pod_sends_the_run_back_to_pending() -> None:
@@ -276,7 +338,10 @@ def test_preempted_pod_sends_the_run_back_to_pending() -> None:
 
 
 def test_replacement_pod_running_clears_preemption() -> None:
-    pods = [pod("a", "2026-01-01T00:00:00Z", "Failed", DISRUPTED), pod("b", "2026-01-01T00:05:00Z", "Running")]
+    pods = [
+        pod("a", "2026-01-01T00:00:00Z", "Failed", DISRUPTED),
+        pod("b", "2026-01-01T00:05:00Z", "Running"),
+    ]
     update = builders.run_status(with_status(active=1), pods)
     assert update.phase is Phase.RUNNING
     assert Condition("Preempted", "False", "Resumed", "running on a new node") in update.conditions
@@ -286,11 +351,17 @@ def test_unschedulable_pod_says_why() -> None:
     update = builders.run_status(JOB, [pod("a", "2026-01-01T00:00:00Z", "Pending", UNSCHEDULABLE)])
     assert (update.phase, update.reason) == (Phase.PENDING, "Unschedulable")
     assert update.message == "waiting for a node: 0/2 nodes: Insufficient nvidia.com/gpu"
-    assert Condition("Scheduled", "False", "Unschedulable", UNSCHEDULABLE["message"]) in update.conditions
+    assert (
+        Condition("Scheduled", "False", "Unschedulable", UNSCHEDULABLE["message"])
+        in update.conditions
+    )
 
 
 def test_only_the_newest_pod_decides_scheduling() -> None:
-    pods = [pod("b", "2026-01-01T00:05:00Z"), pod("a", "2026-01-01T00:00:00Z", "Pending", UNSCHEDULABLE)]
+    pods = [
+        pod("b", "2026-01-01T00:05:00Z"),
+        pod("a", "2026-01-01T00:00:00Z", "Pending", UNSCHEDULABLE),
+    ]
     assert builders.unschedulable_message(pods) is None
     assert builders.unschedulable_message([]) is None
 
@@ -313,18 +384,33 @@ def test_pending_is_entered_from_queued_or_after_losing_the_pod() -> None:
 
 def test_running_and_outcomes_never_overwrite_a_terminal_phase() -> None:
     running = builders.transition_for(StatusUpdate(Phase.RUNNING, "PodRunning", ""), "j")
-    assert running.expected == {Phase.QUEUED, Phase.PENDING} and running.log_line == "Job j: training started"
+    assert (
+        running.expected == {Phase.QUEUED, Phase.PENDING}
+        and running.log_line == "Job j: training started"
+    )
     for phase in (Phase.SUCCEEDED, Phase.FAILED):
         transition = builders.transition_for(StatusUpdate(phase, "x", "why"), "j")
         assert transition.expected == {Phase.QUEUED, Phase.PENDING, Phase.RUNNING}
-    failure = builders.transition_for(StatusUpdate(Phase.FAILED, "DeadlineExceeded", "too slow"), "j")
-    assert (failure.level, failure.error, failure.log_line) == ("error", "too slow", "Job j failed: too slow")
+    failure = builders.transition_for(
+        StatusUpdate(Phase.FAILED, "DeadlineExceeded", "too slow"), "j"
+    )
+    assert (failure.level, failure.error, failure.log_line) == (
+        "error",
+        "too slow",
+        "Job j failed: too slow",
+    )
     cancel = builders.cancel_transition("j")
-    assert cancel.phase is Phase.CANCELLED and cancel.expected == {Phase.QUEUED, Phase.PENDING, Phase.RUNNING}
+    assert cancel.phase is Phase.CANCELLED and cancel.expected == {
+        Phase.QUEUED,
+        Phase.PENDING,
+        Phase.RUNNING,
+    }
 
 
 def test_project_status_after_each_outcome() -> None:
-    settings = load_settings(status_trained="done", status_failed="broken", status_after_cancel="ready")
+    settings = load_settings(
+        status_trained="done", status_failed="broken", status_after_cancel="ready"
+    )
     assert builders.project_status_after(Phase.SUCCEEDED, settings) == "done"
     assert builders.project_status_after(Phase.FAILED, settings) == "broken"
     assert builders.project_status_after(Phase.CANCELLED, settings) == "ready"
@@ -340,15 +426,21 @@ NOW = "2026-01-01T03:00:00Z"
 
 
 def test_progress_is_shown_as_epoch_over_total() -> None:
-    shown = builders.progress_status({"epoch": 3, "total_epochs": 12, "val_accuracy": 0.9, "loss": None}, 10)
+    shown = builders.progress_status(
+        {"epoch": 3, "total_epochs": 12, "val_accuracy": 0.9, "loss": None}, 10
+    )
     assert shown == {"epoch": 3, "totalEpochs": 12, "valAccuracy": 0.9, "display": "3/12"}
     assert builders.progress_status({}, 10) == {"totalEpochs": 10, "display": "0/10"}
 
 
 def test_store_phase_wins_over_the_job() -> None:
     update = StatusUpdate(Phase.RUNNING, "PodRunning", "the trainer is running")
-    run = stored(Phase.SUCCEEDED, model_url="gs://m/x.pth", finished_at=datetime(2026, 1, 1, 2, tzinfo=UTC),
-                 progress={"epoch": 10, "total_epochs": 10, "val_accuracy": 0.95})
+    run = stored(
+        Phase.SUCCEEDED,
+        model_url="gs://m/x.pth",
+        finished_at=datetime(2026, 1, 1, 2, tzinfo=UTC),
+        progress={"epoch": 10, "total_epochs": 10, "val_accuracy": 0.95},
+    )
     patch = builders.status_patch({"phase": "Running"}, update, run, NOW, 10)
     assert patch["phase"] == "Succeeded" and patch["reason"] == "ReportedByTrainer"
     assert patch["completionTime"] == "2026-01-01T02:00:00Z" and patch["modelUrl"] == "gs://m/x.pth"
@@ -356,15 +448,24 @@ def test_store_phase_wins_over_the_job() -> None:
 
 
 def test_trainer_error_is_the_message() -> None:
-    patch = builders.status_patch({}, StatusUpdate(Phase.RUNNING, "PodRunning", ""),
-                                  stored(Phase.FAILED, error="dataset has one class"), NOW, 10)
+    patch = builders.status_patch(
+        {},
+        StatusUpdate(Phase.RUNNING, "PodRunning", ""),
+        stored(Phase.FAILED, error="dataset has one class"),
+        NOW,
+        10,
+    )
     assert (patch["phase"], patch["message"]) == ("Failed", "dataset has one class")
 
 
 def test_without_a_store_record_a_terminal_phase_is_kept() -> None:
-    patch = builders.status_patch({"phase": "Cancelled"}, StatusUpdate(Phase.RUNNING, "PodRunning", ""), None, NOW, 10)
+    patch = builders.status_patch(
+        {"phase": "Cancelled"}, StatusUpdate(Phase.RUNNING, "PodRunning", ""), None, NOW, 10
+    )
     assert patch["phase"] == "Cancelled"
-    patch = builders.status_patch({"phase": "Pending"}, StatusUpdate(Phase.RUNNING, "PodRunning", "ok"), None, NOW, 10)
+    patch = builders.status_patch(
+        {"phase": "Pending"}, StatusUpdate(Phase.RUNNING, "PodRunning", "ok"), None, NOW, 10
+    )
     assert (patch["phase"], patch["reason"]) == ("Running", "PodRunning")
 
 
@@ -372,22 +473,35 @@ def test_unchanged_phase_keeps_its_time_and_conditions_keep_theirs() -> None:
     current = {
         "phase": "Pending",
         "phaseSince": "2026-01-01T00:00:00Z",
-        "conditions": [{"type": "Suspended", "status": "False", "reason": "Active", "lastTransitionTime": "T0"}],
+        "conditions": [
+            {"type": "Suspended", "status": "False", "reason": "Active", "lastTransitionTime": "T0"}
+        ],
     }
-    update = StatusUpdate(Phase.PENDING, "JobCreated", "waiting", (Condition("Suspended", "False", "Active"),))
+    update = StatusUpdate(
+        Phase.PENDING, "JobCreated", "waiting", (Condition("Suspended", "False", "Active"),)
+    )
     patch = builders.status_patch(current, update, stored(Phase.PENDING), NOW, 10)
     assert patch["phaseSince"] == "2026-01-01T00:00:00Z"
     assert patch["conditions"][0]["lastTransitionTime"] == "T0"
-    flipped = builders.merge_conditions(current["conditions"], [Condition("Suspended", "True", "Suspended")], NOW)
+    flipped = builders.merge_conditions(
+        current["conditions"], [Condition("Suspended", "True", "Suspended")], NOW
+    )
     assert flipped[0]["lastTransitionTime"] == NOW and flipped[0]["status"] == "True"
 
 
 def test_leaving_pending_clears_the_pending_too_long_flag() -> None:
-    current = {"phase": "Pending", "conditions": [{"type": "PendingTooLong", "status": "True", "lastTransitionTime": "T0"}]}
-    patch = builders.status_patch(current, StatusUpdate(Phase.RUNNING, "PodRunning", ""), stored(Phase.RUNNING), NOW, 10)
+    current = {
+        "phase": "Pending",
+        "conditions": [{"type": "PendingTooLong", "status": "True", "lastTransitionTime": "T0"}],
+    }
+    patch = builders.status_patch(
+        current, StatusUpdate(Phase.RUNNING, "PodRunning", ""), stored(Phase.RUNNING), NOW, 10
+    )
     flag = next(c for c in patch["conditions"] if c["type"] == "PendingTooLong")
     assert flag["status"] == "False"
-    fresh = builders.status_patch({}, StatusUpdate(Phase.RUNNING, "PodRunning", ""), stored(Phase.RUNNING), NOW, 10)
+    fresh = builders.status_patch(
+        {}, StatusUpdate(Phase.RUNNING, "PodRunning", ""), stored(Phase.RUNNING), NOW, 10
+    )
     assert all(c["type"] != "PendingTooLong" for c in fresh["conditions"])
 
 
@@ -400,8 +514,14 @@ def test_leaving_pending_clears_the_pending_too_long_flag() -> None:
         ({"phase": "Running", "phaseSince": "2026-01-01T00:00:00Z"}, False),
         ({"phase": "Pending", "reason": "Suspended", "phaseSince": "2026-01-01T00:00:00Z"}, False),
         ({"phase": "Pending"}, False),
-        ({"phase": "Pending", "phaseSince": "2026-01-01T00:00:00Z",
-          "conditions": [{"type": "PendingTooLong", "status": "True"}]}, False),
+        (
+            {
+                "phase": "Pending",
+                "phaseSince": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "PendingTooLong", "status": "True"}],
+            },
+            False,
+        ),
     ],
 )
 def test_pending_too_long_is_flagged_once(status: dict[str, Any], expected: bool) -> None:

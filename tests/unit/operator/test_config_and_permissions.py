@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-
 from training_operator.config import OperatorConfig
 from training_operator.permissions import allowed, as_rbac_rules
 
@@ -24,7 +23,9 @@ def test_namespaces_come_comma_separated(monkeypatch: pytest.MonkeyPatch) -> Non
         ("OPERATOR_IMAGE_PULL_POLICY", "Sometimes"),
     ],
 )
-def test_bad_settings_are_refused_by_name(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_bad_settings_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError) as error:
         OperatorConfig()
@@ -33,7 +34,10 @@ def test_bad_settings_are_refused_by_name(monkeypatch: pytest.MonkeyPatch, name:
 
 def test_rules_read_as_a_role() -> None:
     rules = as_rbac_rules()
-    assert {"apiGroups": ["batch"], "resources": ["jobs"],
-            "verbs": ["create", "delete", "get", "list", "patch", "watch"]} in rules
+    assert {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+    } in rules
     assert allowed("", "events", "create") and not allowed("", "secrets", "get")
     assert not allowed("training.automl.dev", "trainingruns", "delete")

@@ -10,8 +10,15 @@ from uuid import uuid4
 import jsonschema
 import kubernetes_validate
 import pytest
-
-from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, SUPPORTED_MODELS, Resources, RunSpec
+from training_core.runspec import (
+    CRD_GROUP,
+    CRD_KIND,
+    CRD_PLURAL,
+    CRD_VERSION,
+    SUPPORTED_MODELS,
+    Resources,
+    RunSpec,
+)
 from training_operator.crd import crd, spec_schema
 
 K8S_VERSION = "1.32.0"
@@ -29,7 +36,12 @@ def sample(**fields: Any) -> RunSpec:
 
 
 def resource(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{CRD_GROUP}/{CRD_VERSION}", "kind": CRD_KIND, "metadata": {"name": "x"}, "spec": spec}
+    return {
+        "apiVersion": f"{CRD_GROUP}/{CRD_VERSION}",
+        "kind": CRD_KIND,
+        "metadata": {"name": "x"},
+        "spec": spec,
+    }
 
 
 def validate(spec: dict[str, Any]) -> None:
@@ -63,7 +75,9 @@ def test_crd_is_a_valid_kubernetes_object() -> None:
 
 
 def test_model_enum_is_the_supported_models() -> None:
-    assert spec_schema()["properties"]["spec"]["properties"]["model"]["enum"] == list(SUPPORTED_MODELS)
+    assert spec_schema()["properties"]["spec"]["properties"]["model"]["enum"] == list(
+        SUPPORTED_MODELS
+    )
 
 
 def test_status_schema_is_strict() -> None:
@@ -76,10 +90,19 @@ def test_status_schema_is_strict() -> None:
     [
         sample(),
         sample(model="convnext_tiny", epochs=1, learning_rate=0.5, batch_size=1, image_size=16),
-        sample(resources=Resources(gpu_count=4, accelerator="nvidia-h100-80gb", spot=True, cpu="500m", memory="64Gi")),
+        sample(
+            resources=Resources(
+                gpu_count=4, accelerator="nvidia-h100-80gb", spot=True, cpu="500m", memory="64Gi"
+            )
+        ),
         sample(resources=Resources(gpu_count=0, cpu="2", memory="8Gi")),
-        sample(active_deadline_seconds=3600, backoff_limit=0, suspend=True, seed=7, pretrained=False),
-        sample(weights_url="gs://weights/resnet18.pth", dataset_url="file:///srv/bucket/p/raw/dataset.zip"),
+        sample(
+            active_deadline_seconds=3600, backoff_limit=0, suspend=True, seed=7, pretrained=False
+        ),
+        sample(
+            weights_url="gs://weights/resnet18.pth",
+            dataset_url="file:///srv/bucket/p/raw/dataset.zip",
+        ),
     ],
 )
 def test_every_run_the_api_makes_is_accepted(run: RunSpec) -> None:
