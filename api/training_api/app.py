@@ -13,6 +13,7 @@ from training_core.launchers import Launcher, open_launcher
 from training_core.settings import Settings, SettingsError
 from training_core.store import Store, open_store
 from training_api.auth import Authenticator
+from training_api.bodylimit import BodyLimitMiddleware
 from training_api.errors import install_error_handlers
 from training_api.metrics import ApiMetrics, MetricsMiddleware
 from training_api.ratelimit import RateLimiter
@@ -73,7 +74,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(system.router)
     app.include_router(training.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     document_bounds(app, settings)
     return app
 

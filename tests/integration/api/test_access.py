@@ -165,3 +165,21 @@ def test_openapi_documents_the_error_shape_and_examples(client):
     )
     assert schema["components"]["schemas"]["StartRequest"]["examples"][0]["project_id"]
     assert "error" in schema["components"]["schemas"]["ErrorResponse"]["properties"]
+
+
+def test_large_bodies_are_refused_before_they_are_read(client):
+    padding = "x" * (70 * 1024)
+    declared = client.post(START, json={"project_id": str(uuid4()), "pad": padding})
+
+    def stream():
+        for _ in range(70):
+            yield b"x" * 1024
+
+    streamed = client.post(START, content=stream(), headers={"Content-Type": "application/json"})
+
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert error_of(response) == {
+            "code": "payload_too_large",
+            "message": "the request body is larger than 65536 bytes",
+        }
