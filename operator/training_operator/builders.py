@@ -314,6 +314,14 @@ def _active_status(
     )
 
 
+def job_deleted_status() -> StatusUpdate:
+    """The Job went away while its run was unfinished (deleted by hand, not by the operator)."""
+    message = "the Job was deleted before the run finished"
+    return StatusUpdate(
+        Phase.FAILED, "JobDeleted", message, (Condition("Failed", "True", "JobDeleted", message),)
+    )
+
+
 def failure_message(reason: str, message: str, job: Mapping[str, Any]) -> str:
     """A sentence for the user; Kubernetes' own message follows for the details."""
     spec = job.get("spec") or {}

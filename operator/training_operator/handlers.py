@@ -20,7 +20,7 @@ from training_core.settings import Settings, load_settings
 from training_core.store import RunUpdate, Store, open_store
 
 from training_operator import builders
-from training_operator.builders import LABEL_RUN, Transition
+from training_operator.builders import LABEL_RUN, StatusUpdate, Transition
 from training_operator.config import OperatorConfig
 from training_operator.kube import Kube, connection_info, load_configuration
 
@@ -156,10 +156,13 @@ def watch_run(
 
 # -- Job and pod changes → run ----------------------------------------------------------------
 def on_job_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if event["type"] == "DELETED":
-        return
     run = memo.kube.get_run(body.metadata.namespace, body.metadata.labels[LABEL_RUN])
-    if run is not None and not run["metadata"].get("deletionTimestamp"):
+    if run is None or run["metadata"].get("deletionTimestamp"):
+        return  # the run is going: its deletion handler settles it
+    if event["type"] == "DELETED":
+        # A finished run's Job may go (TTL): the conditional update then changes nothing.
+        apply(run, builders.job_deleted_status(), memo)
+    else:
         reconcile(run, body, memo)
 
 
@@ -177,10 +180,15 @@ def reconcile(
 ) -> dict[str, Any]:
     """Job (+ pods) → store (conditional) → TrainingRun status; returns the new status."""
     meta = run_body["metadata"]
-    spec = RunSpec.from_resource(meta["name"], run_body["spec"])
     if pods is None:
         pods = memo.kube.run_pods(meta["namespace"], meta["name"])
-    update = builders.run_status(job, pods)
+    return apply(run_body, builders.run_status(job, pods), memo)
+
+
+def apply(run_body: Any, update: StatusUpdate, memo: kopf.Memo) -> dict[str, Any]:
+    """Store the update (if the run is where it expects) and show it on the TrainingRun."""
+    meta = run_body["metadata"]
+    spec = RunSpec.from_resource(meta["name"], run_body["spec"])
     transition = builders.transition_for(update, meta["name"])
     won = _commit(memo, spec, transition)
     run = won or _stored_run(memo.store, spec.run_id)

@@ -363,3 +363,20 @@ def test_training_run_without_a_recorded_run_gets_no_job(
     )
     eventually(lambda: _assert(cluster.event_reasons("by-hand") == ["RunNotRecorded"]))
     assert [job["metadata"]["name"] for job in cluster.jobs()] == [run.name]
+
+
+def test_job_deleted_by_hand_fails_the_unfinished_run(cluster: Cluster, operator: object) -> None:
+    project, run = start_training(cluster)
+    cluster.batch.delete_namespaced_job(run.name, cluster.namespace)
+
+    def failed() -> None:
+        stored = cluster.store.get_run(run.id)
+        assert stored.phase is Phase.FAILED
+        assert stored.error == "the Job was deleted before the run finished"
+        assert cluster.store.get_project(project.id).status == "failed"
+        assert cluster.training_run(run.name)["status"]["reason"] == "JobDeleted"
+
+    eventually(failed)
+    assert cluster.log_lines(project)[-1] == (
+        f"Job {run.name} failed: the Job was deleted before the run finished"
+    )

@@ -527,3 +527,10 @@ def test_leaving_pending_clears_the_pending_too_long_flag() -> None:
 def test_pending_too_long_is_flagged_once(status: dict[str, Any], expected: bool) -> None:
     now = datetime(2026, 1, 1, 1, tzinfo=UTC)
     assert builders.pending_too_long(status, now, timedelta(minutes=15).total_seconds()) is expected
+
+
+def test_deleted_job_fails_the_run() -> None:
+    update = builders.job_deleted_status()
+    assert (update.phase, update.reason) == (Phase.FAILED, "JobDeleted")
+    transition = builders.transition_for(update, "j")
+    assert transition.expected == {Phase.QUEUED, Phase.PENDING, Phase.RUNNING}
