@@ -36,7 +36,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 from rich.table import Table
 from torchvision import transforms
-
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, PipelinePlan, Split, open_split
 from trainer.engine import EpochPosition, TrainConfig, Trainer, cpu_count, train_one_epoch
 from trainer.models import create_model
@@ -83,9 +82,15 @@ def _photo(rng: np.random.Generator, label: int, width: int, height: int) -> Ima
     for _ in range(4):
         x, y = rng.integers(0, width), rng.integers(0, height)
         r = rng.integers(10, min(width, height) // 4)
-        draw.rectangle((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw.rectangle(
+            (x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
+        )
     hue = np.array([(label * 97) % 256, (label * 53 + 80) % 256, (label * 29 + 160) % 256])
-    x, y, r = width // 2 + rng.integers(-50, 50), height // 2 + rng.integers(-50, 50), min(width, height) // 4
+    x, y, r = (
+        width // 2 + rng.integers(-50, 50),
+        height // 2 + rng.integers(-50, 50),
+        min(width, height) // 4,
+    )
     draw.ellipse((x - r, y - r // (1 + label % 3), x + r, y + r), fill=tuple(int(c) for c in hue))
     noisy = np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16)
     noisy = noisy + rng.normal(0, 8, noisy.shape).astype(np.int16)
@@ -93,7 +98,9 @@ def _photo(rng: np.random.Generator, label: int, width: int, height: int) -> Ima
 
 
 # -- the three contenders ----------------------------------------------------------------
-def _timed(run_steps: Callable[[int], None], device: torch.device, warmup: int, steps: int) -> float:
+def _timed(
+    run_steps: Callable[[int], None], device: torch.device, warmup: int, steps: int
+) -> float:
     run_steps(warmup)
     _sync(device)
     started = time.perf_counter()
@@ -102,7 +109,9 @@ def _timed(run_steps: Callable[[int], None], device: torch.device, warmup: int, 
     return time.perf_counter() - started
 
 
-def seed_pipeline(root: Path, model_name: str, size: int, device: torch.device, warmup: int, steps: int) -> Measure:
+def seed_pipeline(
+    root: Path, model_name: str, size: int, device: torch.device, warmup: int, steps: int
+) -> Measure:
     transform = transforms.Compose([
         transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])  # fmt: skip
@@ -124,7 +133,9 @@ def seed_pipeline(root: Path, model_name: str, size: int, device: torch.device, 
             loss.item()  # the seed logged the running loss every step
 
     seconds = _timed(run_steps, device, warmup, steps)
-    return Measure("seed pipeline", steps * 32 / seconds, "ImageFolder + PIL per sample, batch 32, fp32")
+    return Measure(
+        "seed pipeline", steps * 32 / seconds, "ImageFolder + PIL per sample, batch 32, fp32"
+    )
 
 
 def our_trainer(
@@ -132,15 +143,32 @@ def our_trainer(
     warmup: int, steps: int, plan: PipelinePlan,
 ) -> tuple[Measure, Trainer]:  # fmt: skip
     source = open_split(split, size, device, plan)
-    config = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=batch, seed=0, compile="on" if compile_model else "off")
-    trainer = Trainer(create_model(model_name, CLASSES), source, len(split), source, len(split), CLASSES, config, device)
+    config = TrainConfig(
+        epochs=1,
+        learning_rate=1e-3,
+        batch_size=batch,
+        seed=0,
+        compile="on" if compile_model else "off",
+    )
+    trainer = Trainer(
+        create_model(model_name, CLASSES),
+        source,
+        len(split),
+        source,
+        len(split),
+        CLASSES,
+        config,
+        device,
+    )
     epoch = iter(range(1, 10**9))
 
     def run_steps(count: int) -> None:
         left = count
         while left:
             take = min(left, len(split) // batch)
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(next(epoch)))[: take * batch]
+            order = torch.randperm(
+                len(split), generator=torch.Generator().manual_seed(next(epoch))
+            )[: take * batch]
             train_one_epoch(
                 trainer.step_model, trainer.optimizer, source, order, batch, trainer.transform,
                 EpochPosition(), lambda: False, trainer.amp,
@@ -149,12 +177,18 @@ def our_trainer(
 
     seconds = _timed(run_steps, device, warmup, steps)
     precision = "bf16" if trainer.amp else "fp32"
-    detail = f"{plan.mode} ({plan.cache_device}), batch {batch}, {precision}, channels_last" + (", compiled" if trainer.compiled else "")
+    detail = f"{plan.mode} ({plan.cache_device}), batch {batch}, {precision}, channels_last" + (
+        ", compiled" if trainer.compiled else ""
+    )
     return Measure("ours", steps * batch / seconds, detail), trainer
 
 
-def ceiling(trainer: Trainer, size: int, batch: int, device: torch.device, warmup: int, steps: int) -> Measure:
-    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+def ceiling(
+    trainer: Trainer, size: int, batch: int, device: torch.device, warmup: int, steps: int
+) -> Measure:
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     labels = torch.randint(0, CLASSES, (batch,), device=device)
     model, optimizer = trainer.step_model, trainer.optimizer
     model.train()
@@ -168,21 +202,40 @@ def ceiling(trainer: Trainer, size: int, batch: int, device: torch.device, warmu
             optimizer.step()
 
     seconds = _timed(run_steps, device, warmup, steps)
-    return Measure("synthetic ceiling", steps * batch / seconds, "random tensors on the device, same model and step as ours")
+    return Measure(
+        "synthetic ceiling",
+        steps * batch / seconds,
+        "random tensors on the device, same model and step as ours",
+    )
 
 
 # -- the run -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--images", type=int, help="dataset size (default: 6000 on CUDA, 600 on CPU)")
+    parser.add_argument(
+        "--images", type=int, help="dataset size (default: 6000 on CUDA, 600 on CPU)"
+    )
     parser.add_argument("--photo-size", default="640x480", help="generated JPEG size, WxH")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, help="ours and the ceiling (default: 512 on CUDA, 32 on CPU)")
-    parser.add_argument("--steps", type=int, help="timed steps per contender (default: 50 on CUDA, 6 on CPU)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 10 on CUDA, 2 on CPU)")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat and keep the median (noisy machines)")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on for resnet50 on CUDA")
+    parser.add_argument(
+        "--batch-size", type=int, help="ours and the ceiling (default: 512 on CUDA, 32 on CPU)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="timed steps per contender (default: 50 on CUDA, 6 on CPU)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps first (default: 10 on CUDA, 2 on CPU)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat and keep the median (noisy machines)"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: on for resnet50 on CUDA",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch_size or (512 if cuda else 32)
     steps = args.steps or (50 if cuda else 6)
     warmup = args.warmup or (10 if cuda else 2)
-    compile_model = args.compile == "on" or (args.compile == "auto" and cuda and args.model == "resnet50")
+    compile_model = args.compile == "on" or (
+        args.compile == "auto" and cuda and args.model == "resnet50"
+    )
     width, height = (int(v) for v in args.photo_size.split("x"))
     console = Console()
     if not cuda:
@@ -206,8 +261,20 @@ def main(argv: list[str] | None = None) -> None:
         plan = PipelinePlan("cache", "cuda" if cuda else "cpu", "benchmark")
         rounds: list[list[Measure]] = []
         for _ in range(args.rounds):
-            seed = seed_pipeline(root / "extracted", args.model, args.image_size, device, warmup, max(steps, 1))
-            ours, trainer = our_trainer(split, args.model, args.image_size, device, batch, compile_model, warmup, steps, plan)
+            seed = seed_pipeline(
+                root / "extracted", args.model, args.image_size, device, warmup, max(steps, 1)
+            )
+            ours, trainer = our_trainer(
+                split,
+                args.model,
+                args.image_size,
+                device,
+                batch,
+                compile_model,
+                warmup,
+                steps,
+                plan,
+            )
             top = ceiling(trainer, args.image_size, batch, device, warmup, steps)
             rounds.append([seed, ours, top])
         console.print(_table(rounds, args.model, args.image_size, device, startup, len(split)))
@@ -230,18 +297,40 @@ def _start_up(archive: Path, dest: Path, size: int) -> tuple[Split, dict[str, fl
     }  # fmt: skip
 
 
-def _table(rounds: list[list[Measure]], model: str, size: int, device: torch.device, startup: dict[str, float], n: int) -> Table:
+def _table(
+    rounds: list[list[Measure]],
+    model: str,
+    size: int,
+    device: torch.device,
+    startup: dict[str, float],
+    n: int,
+) -> Table:
     names = [m.name for m in rounds[0]]
-    median = {name: statistics.median(r[i].images_per_second for r in rounds) for i, name in enumerate(names)}
+    median = {
+        name: statistics.median(r[i].images_per_second for r in rounds)
+        for i, name in enumerate(names)
+    }
     seed, top = median["seed pipeline"], median["synthetic ceiling"]
-    table = Table(title=f"{model} at {size} px on {_device_name(device)} (median of {len(rounds)} round(s))")
+    table = Table(
+        title=f"{model} at {size} px on {_device_name(device)} (median of {len(rounds)} round(s))"
+    )
     for column in ("pipeline", "images/s", "× seed", "% of ceiling", "how"):
-        table.add_column(column, justify="right" if column in ("images/s", "× seed", "% of ceiling") else "left")
+        table.add_column(
+            column, justify="right" if column in ("images/s", "× seed", "% of ceiling") else "left"
+        )
     for index, name in enumerate(names):
         value = median[name]
-        table.add_row(name, f"{value:,.1f}", f"{value / seed:.2f}×", f"{100 * value / top:.0f}%", rounds[0][index].detail)
+        table.add_row(
+            name,
+            f"{value:,.1f}",
+            f"{value / seed:.2f}×",
+            f"{100 * value / top:.0f}%",
+            rounds[0][index].detail,
+        )
     startup_text = ", ".join(f"{k} {v:.1f} s" for k, v in startup.items())
-    table.caption = f"start-up for {n} training images: {startup_text} (total {sum(startup.values()):.1f} s)"
+    table.caption = (
+        f"start-up for {n} training images: {startup_text} (total {sum(startup.values()):.1f} s)"
+    )
     return table
 
 

@@ -33,7 +33,9 @@ def write_digits_zip(path: Path, image_size: int = 32, *, limit: int | None = No
                 split = _split_of(seen[label])
                 seen[label] += 1
                 grey = Image.fromarray((pixels * (255 / 16)).astype("uint8"), mode="L")
-                image = grey.resize((image_size, image_size), Image.Resampling.BILINEAR).convert("RGB")
+                image = grey.resize((image_size, image_size), Image.Resampling.BILINEAR).convert(
+                    "RGB"
+                )
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 archive.writestr(f"{split}/{label}/{index:04d}.png", buffer.getvalue())

@@ -28,10 +28,10 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from training_core.errors import InvalidInput
 
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD
 from trainer.models import create_model
-from training_core.errors import InvalidInput
 
 FORMAT = "training-agent-model"
 FORMAT_VERSION = 1
@@ -74,7 +74,11 @@ def versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
         agent = "unknown"
     # Plain str: torch.__version__ is a str subclass that weights_only loading refuses.
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "training_agent": agent}
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "training_agent": agent,
+    }
 
 
 @dataclass(frozen=True)

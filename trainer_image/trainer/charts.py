@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display in a Job; must precede pyplot's import
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def write_metrics_json(metrics: dict[str, Any], path: Path) -> Path:

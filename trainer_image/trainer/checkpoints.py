@@ -18,7 +18,6 @@ from typing import Any
 from uuid import UUID
 
 import torch
-
 from training_core.blobs import BlobStore
 from training_core.errors import BlobNotFound
 
@@ -39,7 +38,9 @@ class Checkpoints:
         local = self.scratch / name
         torch.save(state, local)
         try:
-            self.blobs.upload(local, url, create_only=False, content_type="application/octet-stream")
+            self.blobs.upload(
+                local, url, create_only=False, content_type="application/octet-stream"
+            )
             self.blobs.verify_upload(local, url)
         finally:
             local.unlink(missing_ok=True)
@@ -47,7 +48,9 @@ class Checkpoints:
         pointer = {
             "url": url, "epochs_done": state["epochs_done"], "position": state["position"], "seed": state["seed"],
         }  # fmt: skip
-        self.blobs.write_bytes(self.pointer, json.dumps(pointer).encode(), content_type="application/json")
+        self.blobs.write_bytes(
+            self.pointer, json.dumps(pointer).encode(), content_type="application/json"
+        )
         if previous and previous != url:
             self.blobs.delete(previous)
         return url

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-
 from training_core.errors import InvalidInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -198,7 +197,10 @@ class StreamedImages:
         self.sampler.order = order[skip * batch_size :].tolist()
         self.sampler.batch_size = batch_size
         for images, labels in self.loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
 
 
 def open_split(split: Split, size: int, device: torch.device, plan: PipelinePlan) -> BatchSource:

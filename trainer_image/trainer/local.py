@@ -12,13 +12,13 @@ from pathlib import Path
 from uuid import NAMESPACE_URL, uuid5
 
 from rich.console import Console
+from training_core.blobs import open_blob_store
+from training_core.runspec import RunSpec
+from training_core.settings import Settings
 
 from trainer.interrupt import StopFlag
 from trainer.tracking import ConsoleTracker
 from trainer.workflow import TrainingWorkflow
-from training_core.blobs import open_blob_store
-from training_core.runspec import RunSpec
-from training_core.settings import Settings
 
 
 def train_locally(
@@ -49,4 +49,7 @@ def train_locally(
     )  # fmt: skip
     tracker = ConsoleTracker(console or Console(), name=output.name)
     stop = StopFlag().install()
-    return TrainingWorkflow(spec, settings, open_blob_store(settings), tracker, stop).run()
+    workflow = TrainingWorkflow(
+        spec, settings, open_blob_store(settings), tracker, stop, local_paths=True
+    )
+    return workflow.run()

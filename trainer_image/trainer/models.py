@@ -13,7 +13,6 @@ from typing import Literal
 import torch
 import torchvision
 from torch import nn
-
 from training_core.errors import InvalidInput
 from training_core.runspec import SUPPORTED_MODELS
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.console import Console
-
 from training_core.domain import ACTIVE_PHASES, Phase, Progress
 from training_core.errors import InvalidInput, InvalidState, NotFound
 from training_core.runspec import RunSpec
@@ -28,6 +27,7 @@ class RunEnded(Exception):
 class ProjectInfo:
     name: str
     expected_num_classes: int | None = None
+    dataset: str | None = None  # how the platform registered the dataset, for the log
 
 
 class Tracker(ABC):
@@ -50,7 +50,9 @@ class Tracker(ABC):
         """Publish progress; ``RunEnded`` when the run was ended meanwhile."""
 
     @abstractmethod
-    def succeed(self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress) -> None: ...
+    def succeed(
+        self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress
+    ) -> None: ...
 
     @abstractmethod
     def fail(self, message: str) -> None: ...
@@ -87,7 +89,14 @@ class StoreTracker(Tracker):
         return True
 
     def project(self) -> ProjectInfo:
-        return self._project
+        try:
+            dataset = self.store.get_dataset(self.spec.project_id)
+        except NotFound:
+            return self._project  # the spec's URL is what counts; the row is only a description
+        size = f", {dataset.size / 2**20:.1f} MiB" if dataset.size else ""
+        return replace(
+            self._project, dataset=f"{dataset.name or 'dataset'} ({dataset.gcs_url}{size})"
+        )
 
     def log(self, message: str, level: str = "info") -> None:
         log.log(logging.getLevelName(level.upper()), message)
@@ -100,18 +109,25 @@ class StoreTracker(Tracker):
         except InvalidState as error:
             raise RunEnded(f"the run is {error.actual}") from None
 
-    def succeed(self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress) -> None:
+    def succeed(
+        self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress
+    ) -> None:
         self.store.insert_model(
             project_id=self.spec.project_id, run_id=self.spec.run_id, name=name,
             gcs_url=model_url, framework="pytorch", metadata=metadata,
         )  # fmt: skip
         update = RunUpdate(
-            phase=Phase.SUCCEEDED, progress=progress.model_dump(exclude_none=True), model_url=model_url
+            phase=Phase.SUCCEEDED,
+            progress=progress.model_dump(exclude_none=True),
+            model_url=model_url,
         )
         try:
             self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES)
         except InvalidState as error:
-            self.log(f"The run was {error.actual} before it finished; the model stays at {model_url}", "warning")
+            self.log(
+                f"The run was {error.actual} before it finished; the model stays at {model_url}",
+                "warning",
+            )
             return
         self._set_project_status(self.settings.status_trained)
 
@@ -119,7 +135,9 @@ class StoreTracker(Tracker):
         self.log(message, "error")
         try:
             self.store.update_run(
-                self.spec.run_id, RunUpdate(phase=Phase.FAILED, error=message), expected=ACTIVE_PHASES
+                self.spec.run_id,
+                RunUpdate(phase=Phase.FAILED, error=message),
+                expected=ACTIVE_PHASES,
             )
         except (InvalidState, NotFound):
             return  # already ended (e.g. cancelled), or never recorded: nothing of ours to fail
@@ -155,7 +173,9 @@ class ConsoleTracker(Tracker):
     def progress(self, progress: Progress) -> None:
         pass  # the epoch line the workflow logs says it all on a console
 
-    def succeed(self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress) -> None:
+    def succeed(
+        self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress
+    ) -> None:
         self.console.print(f"[bold green]Model saved[/] to {model_url}")
 
     def fail(self, message: str) -> None:

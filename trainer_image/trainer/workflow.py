@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from training_core.archive import ArchiveLimits, extract_archive
+from training_core.blobs import BlobStore, parse_url
+from training_core.dataset import DatasetDescription, describe_dataset
+from training_core.domain import Progress
+from training_core.errors import BlobExists, BlobNotFound, InvalidInput, StoreUnavailable
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
+from training_core.settings import Settings
 
 from trainer.artifact import build_artifact
 from trainer.charts import write_charts, write_metrics_json
@@ -40,13 +47,6 @@ from trainer.engine import (
 from trainer.interrupt import StopFlag, StopRequested
 from trainer.models import Weights, check_model_name, create_model
 from trainer.tracking import ProjectInfo, RunEnded, Tracker
-from training_core.archive import ArchiveLimits, extract_archive
-from training_core.blobs import BlobStore, parse_url
-from training_core.dataset import DatasetDescription, describe_dataset
-from training_core.domain import Progress
-from training_core.errors import BlobExists, BlobNotFound, InvalidInput, StoreUnavailable
-from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
-from training_core.settings import Settings
 
 log = logging.getLogger("trainer")
 
@@ -73,9 +73,12 @@ class TrainingWorkflow:
         blobs: BlobStore,
         tracker: Tracker,
         stop: StopFlag | None = None,
+        *,
+        local_paths: bool = False,
     ) -> None:
         self.spec, self.settings, self.blobs, self.tracker = spec, settings, blobs, tracker
         self.stop = stop or StopFlag()
+        self.local_paths = local_paths  # a dataset given as a plain path (training-agent train)
         self.step = "start"
         self.uploaded: list[str] = []  # this attempt's objects, removed if it fails
         self.checkpoints: Checkpoints | None = None
@@ -88,12 +91,19 @@ class TrainingWorkflow:
         self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.settings.scratch_dir.glob(f"{self.spec.run_id}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed attempt of this run
-        scratch = Path(tempfile.mkdtemp(prefix=f"{self.spec.run_id}-", dir=self.settings.scratch_dir))
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f"{self.spec.run_id}-", dir=self.settings.scratch_dir)
+        )
         self.checkpoints = Checkpoints(self.blobs, self.spec.model_url, self.spec.run_id, scratch)
         try:
             return self._steps(scratch, started)
         except (Interrupted, StopRequested) as stop:
-            self.tracker.log(f"Training interrupted ({self.stop.reason or stop}); it resumes from the last checkpoint", "warning")
+            with suppress(StoreUnavailable):  # exiting to be retried either way
+                self.tracker.log(
+                    f"Training interrupted ({self.stop.reason or stop}); "
+                    "it resumes from the last checkpoint",
+                    "warning",
+                )
             return EXIT_RETRY
         except RunEnded as ended:
             log.warning("stopping: %s", ended)
@@ -102,7 +112,7 @@ class TrainingWorkflow:
         except StoreUnavailable as error:
             log.error("the store is unavailable (%s): exiting to be retried", error)
             return EXIT_RETRY
-        except Exception as error:  # noqa: BLE001 - every failure is recorded, none escapes
+        except Exception as error:
             log.debug("step %s failed", self.step, exc_info=True)
             return self._fail(error)
         finally:
@@ -131,7 +141,11 @@ class TrainingWorkflow:
         yield
 
     def _fail(self, error: Exception) -> int:
-        reason = str(error) if isinstance(error, (InvalidInput, BlobNotFound)) else f"{type(error).__name__}: {error}"
+        reason = (
+            str(error)
+            if isinstance(error, (InvalidInput, BlobNotFound))
+            else f"{type(error).__name__}: {error}"
+        )
         for url in reversed(self.uploaded):  # no partial model is left behind
             with suppress(Exception):
                 self.blobs.delete(url)
@@ -173,13 +187,18 @@ class TrainingWorkflow:
     # -- 2. fetch project and dataset metadata -------------------------------------------
     def fetch_metadata(self) -> ProjectInfo:
         with self._step("fetch project and dataset metadata"):
-            return self.tracker.project()
+            project = self.tracker.project()
+            if project.dataset:
+                log.info("project %s, dataset %s", project.name, project.dataset)
+            return project
 
     # -- 3. download the dataset -----------------------------------------------------------
     def download_dataset(self, scratch: Path) -> Path:
         with self._step("download dataset"):
             url = self.spec.dataset_url
-            if "://" not in url:  # a local path (training-agent train)
+            if "://" not in url:
+                if not self.local_paths:  # a Job reads buckets only, never its own disk
+                    raise InvalidInput(f"dataset URL {url!r} must be gs://… or file://…")
                 path = Path(url)
                 if not path.is_file():
                     raise InvalidInput(f"dataset {url} not found")
@@ -194,9 +213,13 @@ class TrainingWorkflow:
             return target
 
     # -- 4. extract and validate -----------------------------------------------------------
-    def extract_and_validate(self, archive: Path, scratch: Path, expected: int | None) -> DatasetDescription:
+    def extract_and_validate(
+        self, archive: Path, scratch: Path, expected: int | None
+    ) -> DatasetDescription:
         with self._step("extract and validate dataset"):
-            extract_archive(archive, scratch / "dataset", ArchiveLimits.from_settings(self.settings))
+            extract_archive(
+                archive, scratch / "dataset", ArchiveLimits.from_settings(self.settings)
+            )
             if archive.is_relative_to(scratch):
                 archive.unlink()  # the extracted copy is what counts; free the disk
             dataset = describe_dataset(scratch / "dataset", expected_num_classes=expected)
@@ -205,7 +228,9 @@ class TrainingWorkflow:
             return dataset
 
     # -- 5. build the model ----------------------------------------------------------------
-    def build_model(self, dataset: DatasetDescription, scratch: Path) -> tuple[torch.device, torch.nn.Module, int]:
+    def build_model(
+        self, dataset: DatasetDescription, scratch: Path
+    ) -> tuple[torch.device, torch.nn.Module, int]:
         with self._step("build model"):
             device = pick_device()
             seed = self._seed()
@@ -228,14 +253,21 @@ class TrainingWorkflow:
             return "imagenet"
         local = scratch / "weights.pth"
         try:
-            self.blobs.download(self.spec.weights_url, local, max_bytes=self.settings.max_entry_bytes * 8)
+            self.blobs.download(
+                self.spec.weights_url, local, max_bytes=self.settings.max_entry_bytes * 8
+            )
         except BlobNotFound:
             raise InvalidInput(f"weights {self.spec.weights_url} not found") from None
         return local
 
     # -- 6. train --------------------------------------------------------------------------
     def train(
-        self, model: torch.nn.Module, dataset: DatasetDescription, device: torch.device, seed: int, scratch: Path
+        self,
+        model: torch.nn.Module,
+        dataset: DatasetDescription,
+        device: torch.device,
+        seed: int,
+        scratch: Path,
     ) -> Outcome:
         with self._step("train"):
             splits = {name: _split(dataset, name) for name in dataset.splits}
@@ -258,19 +290,35 @@ class TrainingWorkflow:
             except Interrupted:
                 self._save_checkpoint(trainer)
                 raise
-            test = trainer.evaluate(sources["test"], len(splits["test"])) if "test" in splits else None
+            test = (
+                trainer.evaluate(sources["test"], len(splits["test"])) if "test" in splits else None
+            )
             validation = trainer.evaluate(sources["val"], len(splits["val"]))
             return self._outcome(trainer, dataset, history, validation, test, scratch)
 
     def _open_sources(self, splits: dict[str, Split], device: torch.device) -> dict[str, Any]:
         ram, gpu = memory_budgets(device)
-        plan = plan_pipeline(sum(len(s) for s in splits.values()), self.spec.image_size, ram_budget=ram, gpu_budget=gpu)
-        where = f"decoded-image cache in {plan.cache_device} memory" if plan.mode == "cache" else "streaming DataLoader"
+        plan = plan_pipeline(
+            sum(len(s) for s in splits.values()),
+            self.spec.image_size,
+            ram_budget=ram,
+            gpu_budget=gpu,
+        )
+        where = (
+            f"decoded-image cache in {plan.cache_device} memory"
+            if plan.mode == "cache"
+            else "streaming DataLoader"
+        )
         self.tracker.log(f"Input pipeline: {where} ({plan.reason})")
         started = time.monotonic()
-        sources = {name: open_split(split, self.spec.image_size, device, plan) for name, split in splits.items()}
+        sources = {
+            name: open_split(split, self.spec.image_size, device, plan)
+            for name, split in splits.items()
+        }
         if plan.mode == "cache":
-            self.tracker.log(f"Decoded {sum(len(s) for s in splits.values())} images in {time.monotonic() - started:.1f} s")
+            self.tracker.log(
+                f"Decoded {sum(len(s) for s in splits.values())} images in {time.monotonic() - started:.1f} s"
+            )
         return sources
 
     def _resume(self, trainer: Trainer) -> None:
@@ -343,9 +391,14 @@ class TrainingWorkflow:
                 scratch / "curves.png", title=f"{self.spec.model} — {Path(url).stem}",
             )  # fmt: skip
             # The companions first: the model's presence means the whole set is there.
-            for path, suffix, kind in ((metrics_path, ".metrics.json", "application/json"), (charts_path, ".png", "image/png")):
+            for path, suffix, kind in (
+                (metrics_path, ".metrics.json", "application/json"),
+                (charts_path, ".png", "image/png"),
+            ):
                 self.uploaded.append(sibling_url(url, suffix))
-                self.blobs.upload(path, sibling_url(url, suffix), create_only=False, content_type=kind)
+                self.blobs.upload(
+                    path, sibling_url(url, suffix), create_only=False, content_type=kind
+                )
             try:
                 self.blobs.upload(
                     outcome.model_path, url, create_only=True, content_type="application/octet-stream",
@@ -356,7 +409,9 @@ class TrainingWorkflow:
                 return
             self.uploaded.append(url)
             self.blobs.verify_upload(outcome.model_path, url)
-            self.tracker.log(f"Model uploaded to {url} ({outcome.model_path.stat().st_size / 2**20:.1f} MiB)")
+            self.tracker.log(
+                f"Model uploaded to {url} ({outcome.model_path.stat().st_size / 2**20:.1f} MiB)"
+            )
 
     def _outcome_of_uploaded(self, scratch: Path) -> Outcome:
         """An earlier attempt uploaded the model but did not record it: record what it wrote."""
@@ -364,14 +419,20 @@ class TrainingWorkflow:
             local = scratch / "model.pth"
             self.blobs.download(self.spec.model_url, local)
             artifact = torch.load(local, map_location="cpu", weights_only=True)
-            self.tracker.log(f"Model already uploaded to {self.spec.model_url} by this run; recording it")
-            return Outcome(local, artifact["metadata"]["metrics"], _model_record(artifact["metadata"]))
+            self.tracker.log(
+                f"Model already uploaded to {self.spec.model_url} by this run; recording it"
+            )
+            return Outcome(
+                local, artifact["metadata"]["metrics"], _model_record(artifact["metadata"])
+            )
 
     # -- 8. record the model and the project's status ------------------------------------
     def record_model(self, outcome: Outcome) -> None:
         with self._step("record model and project status"):
             name = Path(self.spec.model_url).stem
-            self.tracker.succeed(name, self.spec.model_url, outcome.record, _final_progress(self.spec, outcome))
+            self.tracker.succeed(
+                name, self.spec.model_url, outcome.record, _final_progress(self.spec, outcome)
+            )
             self.run_over = True
 
     # -- 9. clean up (always) --------------------------------------------------------------
@@ -398,7 +459,9 @@ class TrainingWorkflow:
 
 def _split(dataset: DatasetDescription, name: str) -> Split:
     samples = dataset.splits[name].samples
-    return Split(tuple(dataset.root / path for path, _ in samples), tuple(label for _, label in samples))
+    return Split(
+        tuple(dataset.root / path for path, _ in samples), tuple(label for _, label in samples)
+    )
 
 
 def _progress(trainer: Trainer, result: EpochResult) -> Progress:

@@ -13,8 +13,6 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-
-from tests.fixtures.digits import DigitsZip
 from training_core.blobs import BlobStore, open_blob_store
 from training_core.domain import Project, Run, run_name
 from training_core.runspec import RunSpec, model_url_for
@@ -22,8 +20,16 @@ from training_core.settings import load_settings
 from training_core.store.base import NewRun
 from training_core.store.postgres import PostgresStore
 
+from tests.fixtures.digits import DigitsZip
+
 # Small and quick on a CPU: 16 px digits, a batch of 32, a fixed seed.
-TRAINING = {"image_size": 16, "batch_size": 32, "learning_rate": 0.001, "pretrained": False, "seed": 0}
+TRAINING = {
+    "image_size": 16,
+    "batch_size": 32,
+    "learning_rate": 0.001,
+    "pretrained": False,
+    "seed": 0,
+}
 
 
 @dataclass
@@ -64,7 +70,9 @@ class TrainerCase:
         return "\n".join(path.read_text(errors="replace") for path in self.attempts)
 
     def log_lines(self) -> list[str]:
-        return [entry.message for entry in reversed(self.store.get_logs(self.project.id, limit=500))]
+        return [
+            entry.message for entry in reversed(self.store.get_logs(self.project.id, limit=500))
+        ]
 
     def objects(self) -> list[str]:
         return self.blobs.list(f"{self.bucket_url}/")
@@ -78,12 +86,16 @@ def trainer_case(
     """Everything the API would have done before a trainer starts: project claimed
     ('training'), run recorded (Queued) with its spec, dataset uploaded and registered."""
     marker = request.node.get_closest_marker("digits")
-    limit = marker.kwargs.get("limit") if marker else None  # the closest: a test's own, else its module's
+    limit = (
+        marker.kwargs.get("limit") if marker else None
+    )  # the closest: a test's own, else its module's
     settings = load_settings(bucket_url=gcs_bucket_url)
     blobs = open_blob_store(settings)
     dataset_url = f"{gcs_bucket_url}/raw/digits.zip"
     blobs.upload(digits_zip(TRAINING["image_size"], limit), dataset_url)
-    project = pg_store.create_project(f"Digits {uuid4().hex[:6]}", status="training", metadata={"num_classes": 10})
+    project = pg_store.create_project(
+        f"Digits {uuid4().hex[:6]}", status="training", metadata={"num_classes": 10}
+    )
     pg_store.add_dataset(project.id, dataset_url, name="digits")
     run_id = uuid4()
     spec = RunSpec(

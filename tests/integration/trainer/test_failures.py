@@ -5,10 +5,10 @@ no checkpoints and no scratch files."""
 from __future__ import annotations
 
 import pytest
-
-from tests.integration.trainer.conftest import TrainerCase
 from training_core.domain import Phase
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK
+
+from tests.integration.trainer.conftest import TrainerCase
 
 # A few digits are enough where the run fails before training, or trains one short epoch.
 pytestmark = pytest.mark.digits(limit=200)
@@ -35,10 +35,12 @@ def test_a_damaged_archive(trainer_case: TrainerCase) -> None:
     case = trainer_case
     case.blobs.write_bytes(case.spec.dataset_url, b"PK\x03\x04 this is not a whole zip file")
     assert case.run_trainer() == EXIT_DO_NOT_RETRY
-    _assert_failed(case, "extract and validate dataset", "digits.zip is damaged or not a valid archive")
+    _assert_failed(
+        case, "extract and validate dataset", "digits.zip is damaged or not a valid archive"
+    )
 
 
-def test_an_archive_without_a_train_folder(trainer_case: TrainerCase, tmp_path) -> None:  # noqa: ANN001
+def test_an_archive_without_a_train_folder(trainer_case: TrainerCase, tmp_path) -> None:
     import zipfile
 
     case = trainer_case
@@ -54,22 +56,28 @@ def test_an_unsupported_model(trainer_case: TrainerCase) -> None:
     case = trainer_case
     assert case.run_trainer(model="alexnet") == EXIT_DO_NOT_RETRY
     _assert_failed(
-        case, "validate run and project state", "unsupported model 'alexnet'; supported: resnet18, resnet34"
+        case,
+        "validate run and project state",
+        "unsupported model 'alexnet'; supported: resnet18, resnet34",
     )
 
 
-def test_missing_pretrained_weights(trainer_case: TrainerCase, tmp_path) -> None:  # noqa: ANN001
+def test_missing_pretrained_weights(trainer_case: TrainerCase, tmp_path) -> None:
     case = trainer_case
     case.env["TORCH_HOME"] = str(tmp_path / "empty-torch-home")
     assert case.run_trainer(pretrained=True) == EXIT_DO_NOT_RETRY
-    _assert_failed(case, "build model", "pretrained ImageNet weights for resnet18 are not available offline")
+    _assert_failed(
+        case, "build model", "pretrained ImageNet weights for resnet18 are not available offline"
+    )
 
 
 def test_a_missing_dataset(trainer_case: TrainerCase) -> None:
     case = trainer_case
     case.blobs.delete(case.spec.dataset_url)
     assert case.run_trainer() == EXIT_DO_NOT_RETRY
-    _assert_failed(case, "download dataset", f"dataset {case.spec.dataset_url} not found", objects=0)
+    _assert_failed(
+        case, "download dataset", f"dataset {case.spec.dataset_url} not found", objects=0
+    )
 
 
 def test_a_project_that_was_not_claimed_is_left_alone(trainer_case: TrainerCase) -> None:
@@ -95,10 +103,14 @@ def test_a_model_url_taken_by_another_run(trainer_case: TrainerCase) -> None:
 def test_an_upload_that_fails_leaves_no_model(trainer_case: TrainerCase) -> None:
     """The model's bucket does not exist: training succeeds, the upload is refused."""
     case = trainer_case
-    missing_bucket_url = case.spec.model_url.replace(case.bucket_url, "gs://no-such-bucket-for-models")
+    missing_bucket_url = case.spec.model_url.replace(
+        case.bucket_url, "gs://no-such-bucket-for-models"
+    )
     assert case.run_trainer(model_url=missing_bucket_url, epochs=1) == EXIT_DO_NOT_RETRY
     run = case.store.get_run(case.run.id)
-    assert run.phase == Phase.FAILED and run.error.startswith("Training failed at step 'upload model'")
+    assert run.phase == Phase.FAILED and run.error.startswith(
+        "Training failed at step 'upload model'"
+    )
     assert case.store.get_project(case.project.id).status == "failed"
     assert case.store.get_models(case.project.id) == []
     assert list(case.scratch.iterdir()) == []
@@ -113,7 +125,13 @@ def test_a_cancelled_run_is_not_started(trainer_case: TrainerCase) -> None:
     assert case.log_lines() == []
 
 
-def _cancel():  # noqa: ANN202
+def _cancel():
     from training_core.store.base import RunUpdate
 
     return RunUpdate(phase=Phase.CANCELLED)
+
+
+def test_a_dataset_outside_the_buckets_is_refused(trainer_case: TrainerCase) -> None:
+    case = trainer_case
+    assert case.run_trainer(dataset_url="/etc/passwd") == EXIT_DO_NOT_RETRY
+    _assert_failed(case, "download dataset", "dataset URL '/etc/passwd' must be gs://… or file://…")

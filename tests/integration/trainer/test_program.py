@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.integration.trainer.conftest import TrainerCase
 from training_core.domain import Phase
 from training_core.runspec import EXIT_OK
+
+from tests.integration.trainer.conftest import TrainerCase
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_run_trains_uploads_and_records_its_model(trainer_case: TrainerCase, tmp_path: Path) -> None:
+def test_a_run_trains_uploads_and_records_its_model(
+    trainer_case: TrainerCase, tmp_path: Path
+) -> None:
     case = trainer_case
 
     assert case.run_trainer() == EXIT_OK, case.output()
@@ -46,14 +48,23 @@ def test_a_run_trains_uploads_and_records_its_model(trainer_case: TrainerCase, t
     assert lines[0].startswith("Training started: resnet18, 4 epochs")
     epochs = [line for line in lines if line.startswith("Epoch ")]
     assert len(epochs) == 4
-    assert re.fullmatch(r"Epoch 4/4 completed\. Loss: \d\.\d{3}, val acc: \d\.\d{2} \(\d+ images/s\)", epochs[-1])
-    assert any(line.startswith("Input pipeline: decoded-image cache in cpu memory") for line in lines)
+    assert re.fullmatch(
+        r"Epoch 4/4 completed\. Loss: \d\.\d{3}, val acc: \d\.\d{2} \(\d+ images/s\)", epochs[-1]
+    )
+    assert any(
+        line.startswith("Input pipeline: decoded-image cache in cpu memory") for line in lines
+    )
     assert re.match(r"Training finished in \d+s of training .*val acc 0\.9\d\d", lines[-1])
 
     # The bucket holds the model and its companions; checkpoints and scratch files are gone.
     base = case.spec.model_url.removesuffix(".pth")
     assert case.objects() == sorted(
-        [f"{case.bucket_url}/raw/digits.zip", case.spec.model_url, f"{base}.metrics.json", f"{base}.png"]
+        [
+            f"{case.bucket_url}/raw/digits.zip",
+            case.spec.model_url,
+            f"{base}.metrics.json",
+            f"{base}.png",
+        ]
     )
     metrics = json.loads(case.blobs.read_bytes(f"{base}.metrics.json"))
     assert len(metrics["history"]) == 4 and len(metrics["confusion_matrix"]) == 10
@@ -64,7 +75,10 @@ def test_a_run_trains_uploads_and_records_its_model(trainer_case: TrainerCase, t
     model_path = tmp_path / "model.pth"
     case.blobs.download(case.spec.model_url, model_path)
     artifact = torch.load(model_path, weights_only=True)
-    assert artifact["metadata"]["architecture"] == "resnet18" and artifact["metadata"]["input_size"] == 16
+    assert (
+        artifact["metadata"]["architecture"] == "resnet18"
+        and artifact["metadata"]["input_size"] == 16
+    )
     assert artifact["metadata"]["run_id"] == str(case.run.id)
     images = _validation_images(tmp_path, count=10)
     script = (

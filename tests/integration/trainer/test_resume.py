@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
-
-from tests.integration.trainer.conftest import TrainerCase
 from training_core.domain import Phase
 from training_core.runspec import EXIT_OK, EXIT_RETRY
+
+from tests.integration.trainer.conftest import TrainerCase
 
 pytestmark = [pytest.mark.slow, pytest.mark.digits(limit=600)]
 
@@ -52,7 +52,9 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
 
     lines = case.log_lines()
     resumes = [line for line in lines if line.startswith("Resuming from checkpoint")]
-    assert re.fullmatch(r"Resuming from checkpoint: 1/3 epochs done and \d+ batches of epoch 2", resumes[0])
+    assert re.fullmatch(
+        r"Resuming from checkpoint: 1/3 epochs done and \d+ batches of epoch 2", resumes[0]
+    )
     assert resumes[1] == "Resuming from checkpoint: 2/3 epochs done"
     epochs = [line.split(" completed")[0] for line in lines if line.startswith("Epoch ")]
     assert epochs == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]  # each epoch trained once

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
 from trainer.artifact import build_artifact, load_model
 from trainer.charts import write_charts, write_metrics_json
 from trainer.checkpoints import Checkpoints
@@ -25,7 +24,9 @@ def _state(epochs_done: int, batches: int = 0) -> dict[str, object]:
 
 
 def _objects(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".blob-" not in p.name)
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".blob-" not in p.name
+    )
 
 
 def test_checkpoints_move_forward_and_leave_one_behind(tmp_path: Path) -> None:
@@ -55,7 +56,9 @@ def test_checkpoints_move_forward_and_leave_one_behind(tmp_path: Path) -> None:
 def test_a_pointer_outside_the_run_is_ignored(tmp_path: Path) -> None:
     store = LocalBlobStore()
     checkpoints = Checkpoints(store, f"file://{tmp_path}/m.pth", "run-1", tmp_path)
-    store.write_bytes(checkpoints.pointer, json.dumps({"url": f"file://{tmp_path}/elsewhere.pt"}).encode())
+    store.write_bytes(
+        checkpoints.pointer, json.dumps({"url": f"file://{tmp_path}/elsewhere.pt"}).encode()
+    )
     assert checkpoints.load_latest() is None
 
 

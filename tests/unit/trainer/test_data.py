@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
-
 from trainer.data import (
     CachedImages,
     DeviceTransform,
@@ -40,7 +39,9 @@ def test_the_plan_prefers_the_gpu_then_ram_then_streaming() -> None:
     assert plan_pipeline(1000, 64, ram_budget=100 * MiB, gpu_budget=50 * MiB) == PipelinePlan(
         "cache", "cuda", "1000 images × 64² px = 12 MiB fit the GPU budget of 50 MiB"
     )
-    assert plan_pipeline(1000, 64, ram_budget=100 * MiB, gpu_budget=needed - 1).cache_device == "cpu"
+    assert (
+        plan_pipeline(1000, 64, ram_budget=100 * MiB, gpu_budget=needed - 1).cache_device == "cpu"
+    )
     assert plan_pipeline(1000, 64, ram_budget=needed, gpu_budget=None).mode == "cache"
     streamed = plan_pipeline(1000, 64, ram_budget=needed - 1, gpu_budget=None)
     assert (streamed.mode, streamed.cache_device) == ("stream", None)

@@ -3,8 +3,7 @@ from __future__ import annotations
 import io
 
 import torch
-
-from trainer.data import CachedImages, Split
+from trainer.data import CachedImages
 from trainer.engine import (
     EpochResult,
     Interrupted,

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from trainer.models import cached_imagenet_weights, create_model, get_supported_models, head
 from training_core.errors import InvalidInput
 from training_core.runspec import SUPPORTED_MODELS
@@ -33,7 +32,9 @@ def test_a_single_class_is_refused() -> None:
         create_model("resnet18", num_classes=1)
 
 
-def test_missing_pretrained_weights_say_how_to_fix_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_pretrained_weights_say_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: offline, nothing baked in
     with pytest.raises(InvalidInput) as error:
         create_model("resnet18", num_classes=3, weights="imagenet")
@@ -43,9 +44,13 @@ def test_missing_pretrained_weights_say_how_to_fix_it(monkeypatch: pytest.Monkey
     assert "resnet18-f37072fd.pth" in message
 
 
-def test_imagenet_weights_come_from_the_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_imagenet_weights_come_from_the_hub_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    imagenet_like = torchvision.models.resnet18()  # what the image bakes in: a 1000-class state_dict
+    imagenet_like = (
+        torchvision.models.resnet18()
+    )  # what the image bakes in: a 1000-class state_dict
     cache_file = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cache_file.parent.mkdir(parents=True)
     torch.save(imagenet_like.state_dict(), cache_file)
