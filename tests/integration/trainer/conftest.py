@@ -4,6 +4,7 @@ records in a real Postgres, and the trainer program (``python -m trainer``) to r
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+import torch
 from training_core.blobs import BlobStore, open_blob_store
 from training_core.domain import Project, Run, run_name
 from training_core.runspec import RunSpec, model_url_for
@@ -65,6 +67,25 @@ class TrainerCase:
         finally:
             if process.poll() is None:
                 process.kill()
+
+    def run_in_process(self, monkeypatch: pytest.MonkeyPatch, **spec_changes: Any) -> int:
+        """The same program (``trainer.main.main``) in this process: no interpreter and torch
+        start-up per run, for the many short runs that fail before or soon after training."""
+        from trainer.main import main
+
+        spec = self.spec.model_copy(update=spec_changes)
+        for name, value in {**self.env, **spec.to_env()}.items():
+            if os.environ.get(name) != value:
+                monkeypatch.setenv(name, value)
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 does for the subprocesses
+        try:
+            return main()
+        finally:
+            torch.set_num_threads(threads)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
 
     def output(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.attempts)

@@ -31,16 +31,18 @@ def _assert_failed(
     assert list(case.scratch.iterdir()) == []
 
 
-def test_a_damaged_archive(trainer_case: TrainerCase) -> None:
+def test_a_damaged_archive(trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch) -> None:
     case = trainer_case
     case.blobs.write_bytes(case.spec.dataset_url, b"PK\x03\x04 this is not a whole zip file")
-    assert case.run_trainer() == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch) == EXIT_DO_NOT_RETRY
     _assert_failed(
         case, "extract and validate dataset", "digits.zip is damaged or not a valid archive"
     )
 
 
-def test_an_archive_without_a_train_folder(trainer_case: TrainerCase, tmp_path) -> None:
+def test_an_archive_without_a_train_folder(
+    trainer_case: TrainerCase, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import zipfile
 
     case = trainer_case
@@ -48,13 +50,13 @@ def test_an_archive_without_a_train_folder(trainer_case: TrainerCase, tmp_path) 
     with zipfile.ZipFile(archive, "w") as opened:
         opened.writestr("cat/1.png", b"")
     case.blobs.upload(archive, case.spec.dataset_url, create_only=False)
-    assert case.run_trainer() == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch) == EXIT_DO_NOT_RETRY
     _assert_failed(case, "extract and validate dataset", "train/")
 
 
-def test_an_unsupported_model(trainer_case: TrainerCase) -> None:
+def test_an_unsupported_model(trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch) -> None:
     case = trainer_case
-    assert case.run_trainer(model="alexnet") == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch, model="alexnet") == EXIT_DO_NOT_RETRY
     _assert_failed(
         case,
         "validate run and project state",
@@ -62,51 +64,62 @@ def test_an_unsupported_model(trainer_case: TrainerCase) -> None:
     )
 
 
-def test_missing_pretrained_weights(trainer_case: TrainerCase, tmp_path) -> None:
+def test_missing_pretrained_weights(
+    trainer_case: TrainerCase, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = trainer_case
     case.env["TORCH_HOME"] = str(tmp_path / "empty-torch-home")
-    assert case.run_trainer(pretrained=True) == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch, pretrained=True) == EXIT_DO_NOT_RETRY
     _assert_failed(
         case, "build model", "pretrained ImageNet weights for resnet18 are not available offline"
     )
 
 
-def test_a_missing_dataset(trainer_case: TrainerCase) -> None:
+def test_a_missing_dataset(trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch) -> None:
     case = trainer_case
     case.blobs.delete(case.spec.dataset_url)
-    assert case.run_trainer() == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch) == EXIT_DO_NOT_RETRY
     _assert_failed(
         case, "download dataset", f"dataset {case.spec.dataset_url} not found", objects=0
     )
 
 
-def test_a_project_that_was_not_claimed_is_left_alone(trainer_case: TrainerCase) -> None:
+def test_a_project_that_was_not_claimed_is_left_alone(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = trainer_case
     case.store.set_project_status(case.project.id, "pending_training")
-    assert case.run_trainer() == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch) == EXIT_DO_NOT_RETRY
     _assert_failed(
         case, "validate run and project state", "is 'pending_training', expected 'training'",
         project_status="pending_training",
     )  # fmt: skip
 
 
-def test_a_model_url_taken_by_another_run(trainer_case: TrainerCase) -> None:
+def test_a_model_url_taken_by_another_run(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = trainer_case
     case.blobs.write_bytes(case.spec.model_url, b"another run's model")
-    assert case.run_trainer() == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch) == EXIT_DO_NOT_RETRY
     run = case.store.get_run(case.run.id)
     assert run.phase == Phase.FAILED and "already holds a model of another run" in (run.error or "")
     assert case.blobs.read_bytes(case.spec.model_url) == b"another run's model"  # untouched
     assert case.store.get_project(case.project.id).status == "failed"
 
 
-def test_an_upload_that_fails_leaves_no_model(trainer_case: TrainerCase) -> None:
+def test_an_upload_that_fails_leaves_no_model(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The model's bucket does not exist: training succeeds, the upload is refused."""
     case = trainer_case
     missing_bucket_url = case.spec.model_url.replace(
         case.bucket_url, "gs://no-such-bucket-for-models"
     )
-    assert case.run_trainer(model_url=missing_bucket_url, epochs=1) == EXIT_DO_NOT_RETRY
+    assert (
+        case.run_in_process(monkeypatch, model_url=missing_bucket_url, epochs=1)
+        == EXIT_DO_NOT_RETRY
+    )
     run = case.store.get_run(case.run.id)
     assert run.phase == Phase.FAILED and run.error.startswith(
         "Training failed at step 'upload model'"
@@ -116,10 +129,12 @@ def test_an_upload_that_fails_leaves_no_model(trainer_case: TrainerCase) -> None
     assert list(case.scratch.iterdir()) == []
 
 
-def test_a_cancelled_run_is_not_started(trainer_case: TrainerCase) -> None:
+def test_a_cancelled_run_is_not_started(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = trainer_case
     case.store.update_run(case.run.id, _cancel())
-    assert case.run_trainer() == EXIT_OK
+    assert case.run_in_process(monkeypatch) == EXIT_OK
     assert case.store.get_run(case.run.id).phase == Phase.CANCELLED
     assert case.store.get_project(case.project.id).status == "training"  # the canceller's to change
     assert case.log_lines() == []
@@ -131,7 +146,9 @@ def _cancel():
     return RunUpdate(phase=Phase.CANCELLED)
 
 
-def test_a_dataset_outside_the_buckets_is_refused(trainer_case: TrainerCase) -> None:
+def test_a_dataset_outside_the_buckets_is_refused(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = trainer_case
-    assert case.run_trainer(dataset_url="/etc/passwd") == EXIT_DO_NOT_RETRY
+    assert case.run_in_process(monkeypatch, dataset_url="/etc/passwd") == EXIT_DO_NOT_RETRY
     _assert_failed(case, "download dataset", "dataset URL '/etc/passwd' must be gs://… or file://…")
