@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from trainer import load_model
+from training_core.cli import app
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK
+from typer.testing import CliRunner, Result
 
 from tests.fixtures.digits import DigitsZip
 
@@ -27,7 +30,22 @@ def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_train_writes_a_model_to_the_output_folder(tmp_path: Path, digits_zip: DigitsZip) -> None:
+def _train_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    """The same command through typer in this process (no interpreter and torch start-up)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCH_DIR", str(tmp_path / "scratch"))
+    monkeypatch.setenv("COLUMNS", "200")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return CliRunner().invoke(app, ["train", *args])
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def test_train_writes_a_model_to_the_output_folder(
+    tmp_path: Path, digits_zip: DigitsZip, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = digits_zip(16, 300)
     args = ["--dataset", str(dataset), "--model", "resnet18", "--epochs", "1", "--image-size", "16",
             "--batch-size", "32", "--seed", "1", "--output", "out"]  # fmt: skip
@@ -49,15 +67,15 @@ def test_train_writes_a_model_to_the_output_folder(tmp_path: Path, digits_zip: D
 
     # The same command again finds its model and changes nothing.
     before = (out / "model.pth").read_bytes()
-    again = _train(tmp_path, *args)
-    assert again.returncode == EXIT_OK, again.stdout + again.stderr
-    assert "Model already uploaded" in again.stdout and "Epoch" not in again.stdout
+    again = _train_in_process(tmp_path, monkeypatch, *args)
+    assert again.exit_code == EXIT_OK, again.output
+    assert "Model already uploaded" in again.output and "Epoch" not in again.output
     assert (out / "model.pth").read_bytes() == before
 
 
-def test_train_refuses_a_missing_dataset(tmp_path: Path) -> None:
-    done = _train(tmp_path, "--dataset", "nowhere.zip", "--epochs", "1", "--output", "out")
-    assert done.returncode == EXIT_DO_NOT_RETRY
-    assert "Training failed at step 'download dataset': dataset" in done.stdout
-    assert "nowhere.zip not found" in done.stdout
+def test_train_refuses_a_missing_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = _train_in_process(tmp_path, monkeypatch, "--dataset", "nowhere.zip", "--output", "out")
+    assert done.exit_code == EXIT_DO_NOT_RETRY
+    assert "Training failed at step 'download dataset': dataset" in done.output
+    assert "nowhere.zip not found" in done.output
     assert not (tmp_path / "out" / "model.pth").exists()
