@@ -40,9 +40,12 @@ JOURNAL = (
     "note('start'); time.sleep(float(sys.argv[2])); note('end')\n"
 )
 COUNT_AND_RETRY = "open('calls', 'a').write('x'); raise SystemExit(75)"
+# Says when its handler is in place, so the test cancels a trainer that really ignores SIGTERM.
 IGNORE_SIGTERM = (
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " open('deaf', 'w').write('yes'); time.sleep(300)"
 )
+EXIT_WHEN_TOLD = "import os, time\nwhile not os.path.exists('go'): time.sleep(0.02)\n"
 MARK_AND_WAIT = "open('spawned', 'w').write('yes'); import time; time.sleep(300)"
 
 
@@ -135,13 +138,14 @@ def test_a_crash_fails_the_run_and_the_project(launch, record, store, settings):
     )
 
 
-def test_an_outcome_the_trainer_recorded_is_never_overwritten(launch, record, store):
+def test_an_outcome_the_trainer_recorded_is_never_overwritten(launch, record, store, settings):
     spec = record()
-    launcher = launch(program("import time; time.sleep(0.5)"))
+    launcher = launch(program(EXIT_WHEN_TOLD))
     launcher.start(spec)
     wait_for(lambda: phase_of(store, spec) is Phase.RUNNING)
     store.update_run(spec.run_id, RunUpdate(phase=Phase.SUCCEEDED))  # as the trainer does
     store.set_project_status(spec.project_id, "trained")
+    (run_dir(settings, spec) / "go").write_text("exit now")
 
     run = store.get_run(spec.run_id)
     wait_for(lambda: launcher.describe(run)["state"] == "ended")
@@ -176,7 +180,7 @@ def test_runs_wait_their_turn_in_order(launch, record, store, settings, database
     journal = tmp_path / "journal"
     specs = [record() for _ in range(3)]
     launcher = launch(
-        program(JOURNAL, str(journal), "0.4"),
+        program(JOURNAL, str(journal), "1"),
         settings=make_settings(database_url, tmp_path, local_max_concurrent=1),
     )
     for spec in specs:
@@ -215,13 +219,15 @@ def test_cancel_of_a_queued_run_means_it_never_starts(
     assert not run_dir(settings, second).exists()
 
 
-def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(launch, record, store):
+def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(
+    launch, record, store, settings
+):
     spec = record()
     launcher = launch(program(IGNORE_SIGTERM), grace_seconds=0.5)
     launcher.start(spec)
     run = store.get_run(spec.run_id)
     pid = wait_for(lambda: (launcher.describe(run) or {}).get("pid"))
-    time.sleep(0.3)  # let it install its handler
+    wait_for(lambda: (run_dir(settings, spec) / "deaf").exists())
 
     started = time.monotonic()
     launcher.cancel(run)
