@@ -7,8 +7,14 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
+import torch
+from trainer.artifact import build_artifact
+from trainer.engine import EpochResult
+from trainer.models import create_model
 from training_core.domain import Phase
 from training_core.runspec import EXIT_OK, EXIT_RETRY
 
@@ -68,3 +74,36 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
     assert objects.count(case.spec.model_url) == 1
     assert not any(".checkpoints/" in url for url in objects)  # deleted once the run ended
     assert list(case.scratch.iterdir()) == []  # the killed attempt's scratch too
+
+
+def test_a_model_uploaded_before_a_crash_is_recorded_not_retrained(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An attempt died between uploading the model and recording it: the next one records it."""
+    case = trainer_case
+    history = [
+        asdict(
+            EpochResult(
+                1, train_loss=0.5, val_loss=0.4, val_accuracy=0.9, images_per_second=80, seconds=12
+            )
+        )
+    ]
+    metrics = {"final_loss": 0.5, "val_accuracy": 0.9, "test_accuracy": None}
+    artifact = build_artifact(
+        create_model("resnet18", 10), architecture="resnet18", classes=[str(d) for d in range(10)],
+        input_size=16, metrics={**metrics, "training_time_seconds": 12.0, "history": history},
+        hyperparameters={"epochs": 1}, run_id=str(case.run.id),
+    )  # fmt: skip
+    torch.save(artifact, tmp_path / "model.pth")
+    case.blobs.upload(
+        tmp_path / "model.pth", case.spec.model_url, metadata={"run_id": str(case.run.id)}
+    )
+
+    assert case.run_in_process(monkeypatch, epochs=1) == EXIT_OK
+
+    assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
+    [model] = case.store.get_models(case.project.id)
+    assert model.metadata["val_accuracy"] == 0.9 and model.metadata["training_time_seconds"] == 12.0
+    lines = case.log_lines()
+    assert any(line.startswith("Model already uploaded") for line in lines)
+    assert not any(line.startswith("Epoch ") for line in lines)  # nothing trained again
