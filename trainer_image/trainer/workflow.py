@@ -254,7 +254,7 @@ class TrainingWorkflow:
         local = scratch / "weights.pth"
         try:
             self.blobs.download(
-                self.spec.weights_url, local, max_bytes=self.settings.max_entry_bytes * 8
+                self.spec.weights_url, local, max_bytes=self.settings.max_download_bytes
             )
         except BlobNotFound:
             raise InvalidInput(f"weights {self.spec.weights_url} not found") from None

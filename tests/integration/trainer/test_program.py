@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from training_core.domain import Phase
-from training_core.runspec import EXIT_OK
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK
 
 from tests.integration.trainer.conftest import TrainerCase
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_a_run_trains_uploads_and_records_its_model(
     trainer_case: TrainerCase, tmp_path: Path
 ) -> None:
@@ -117,3 +117,34 @@ def _validation_images(folder: Path, count: int) -> list[Path]:
             target.write_bytes(opened.read(name))
             out.append(target)
     return out
+
+
+@pytest.mark.digits(limit=200)
+def test_pretrained_weights_come_from_a_bucket_url(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    case = trainer_case
+    backbone = torchvision.models.resnet18()  # an ImageNet-shaped state_dict (1000 classes)
+    torch.save(backbone.state_dict(), tmp_path / "resnet18.pth")
+    weights_url = f"{case.bucket_url}/weights/resnet18.pth"
+    case.blobs.upload(tmp_path / "resnet18.pth", weights_url)
+
+    code = case.run_in_process(monkeypatch, epochs=1, pretrained=True, weights_url=weights_url)
+
+    assert code == EXIT_OK, case.log_lines()
+    [model] = case.store.get_models(case.project.id)
+    assert model.metadata["classes"] == [str(digit) for digit in range(10)]
+    assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
+
+
+def test_a_missing_weights_url_fails_the_run(
+    trainer_case: TrainerCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = trainer_case
+    weights_url = f"{case.bucket_url}/weights/none.pth"
+    code = case.run_in_process(monkeypatch, pretrained=True, weights_url=weights_url)
+    assert code == EXIT_DO_NOT_RETRY
+    assert case.store.get_run(case.run.id).error == (
+        f"Training failed at step 'build model': weights {weights_url} not found"
+    )
+    assert case.store.get_project(case.project.id).status == "failed"
