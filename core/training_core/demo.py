@@ -71,7 +71,7 @@ def run_demo(
         console.print(f"POST /agents/training/start → {answer.status_code} {json.dumps(started_run)}")
         status = _follow(client, project_id, epochs, timeout, console)
 
-    result = _result(project_id, status, time.monotonic() - started)
+    result = _result(project_id, status, _metrics(stack, status), time.monotonic() - started)
     _report(stack, result, status, console)
     return result
 
@@ -186,16 +186,33 @@ def _detail(progress: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _result(project_id: str, status: dict[str, Any], wall: float) -> DemoResult:
+def _metrics(stack: LocalStack, status: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` the trainer writes next to the model (empty if there is none)."""
+    from training_core.blobs import open_blob_store
+    from training_core.errors import BlobNotFound
+    from training_core.settings import load_settings
+
+    model_url = status.get("model_url")
+    if not model_url or (status.get("run") or {}).get("phase") != "Succeeded":
+        return {}
+    blobs = open_blob_store(load_settings(bucket_url=stack.bucket_url))
+    try:
+        return json.loads(blobs.read_bytes(model_url.removesuffix(".pth") + ".metrics.json"))
+    except BlobNotFound:
+        return {}
+
+
+def _result(
+    project_id: str, status: dict[str, Any], metrics: dict[str, Any], wall: float
+) -> DemoResult:
     run = status.get("run") or {}
     progress = status.get("progress") or {}
-    metrics = run.get("progress") or {}
     return DemoResult(
         project_id=project_id,
         phase=run.get("phase", "unknown"),
         model_url=status.get("model_url"),
         test_accuracy=metrics.get("test_accuracy"),
-        val_accuracy=progress.get("val_accuracy"),
+        val_accuracy=metrics.get("val_accuracy", progress.get("val_accuracy")),
         wall_seconds=wall,
     )
 
@@ -204,10 +221,11 @@ def _report(stack: LocalStack, result: DemoResult, status: dict[str, Any], conso
     colour = "green" if result.phase == "Succeeded" else "red"
     console.print(f"\n[bold {colour}]{result.phase}[/] in {result.wall_seconds:.0f} s")
     if result.model_url:
+        stem = Path(result.model_url.removeprefix("file://")).with_suffix("")
         console.print(f"  model         {result.model_url}")
-        folder = Path(result.model_url.removeprefix("file://")).parent
-        for extra in sorted(folder.glob("*.png")) + sorted(folder.glob("*metrics*.json")):
-            console.print(f"  {extra.suffix[1:]:<13} {extra}")
+        for label, path in (("curves", stem.with_suffix(".png")), ("metrics", Path(f"{stem}.metrics.json"))):
+            if path.exists():
+                console.print(f"  {label:<13} {path}")
     if result.test_accuracy is not None:
         console.print(f"  test accuracy {result.test_accuracy:.3f}")
     if result.val_accuracy is not None:
