@@ -133,6 +133,7 @@ def train_one_epoch(
     position: EpochPosition,
     should_stop: Callable[[], bool],
     amp: bool,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> EpochPosition:
     """Train over ``order`` from ``position`` on; stops early (position kept) when asked."""
     step_model.train()
@@ -148,6 +149,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if lr_scheduler is not None:
+            lr_scheduler.step()
         # Summed on the device: reading the loss every step would stall the GPU.
         loss_sum += loss.detach().float() * len(labels)
         samples += len(labels)
@@ -219,7 +222,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.learning_rate, fused=True
         )
-        steps = config.epochs * max(1, train_size // config.batch_size)
+        steps = config.epochs * self.batches_per_epoch
+        # Cosine decay from the asked learning rate to zero, per step: the last epochs settle
+        # instead of jumping around (as in torchvision's reference recipes).
+        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         self.compiled = should_compile(config.compile, device, steps)
         # The compiled wrapper runs the steps; ``self.model`` keeps the plain state_dict keys.
         self.step_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
@@ -236,7 +242,7 @@ class Trainer:
             order = epoch_order(self.config.seed, epoch, self.train_size)
             position = train_one_epoch(
                 self.step_model, self.optimizer, self.train, order, self.config.batch_size,
-                self.transform, self.progress.position, should_stop, self.amp,
+                self.transform, self.progress.position, should_stop, self.amp, self.lr_scheduler,
             )  # fmt: skip
             self.progress.position = position
             if position.batches < self.batches_per_epoch:
@@ -285,6 +291,7 @@ class Trainer:
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
             "epochs_done": self.progress.epochs_done,
             "position": asdict(self.progress.position),
             "history": [asdict(r) for r in self.progress.history],
@@ -299,6 +306,7 @@ class Trainer:
         self.config = replace(self.config, seed=state["seed"])  # the epoch orders depend on it
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.progress = Progress(
             epochs_done=state["epochs_done"],
             position=EpochPosition(**state["position"]),

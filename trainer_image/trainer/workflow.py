@@ -368,7 +368,8 @@ class TrainingWorkflow:
             "model": self.spec.model, "epochs": self.spec.epochs,
             "learning_rate": self.spec.learning_rate, "batch_size": self.spec.batch_size,
             "image_size": self.spec.image_size, "pretrained": self.spec.pretrained,
-            "seed": trainer.config.seed, "optimizer": "adam", "compiled": trainer.compiled,
+            "seed": trainer.config.seed, "optimizer": "adam", "lr_schedule": "cosine",
+            "compiled": trainer.compiled,
             "precision": "bf16" if trainer.amp else "fp32",
         }  # fmt: skip
         artifact = build_artifact(

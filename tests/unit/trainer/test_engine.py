@@ -59,7 +59,8 @@ def test_training_reports_each_epoch_and_learns() -> None:
     history = trainer.fit(seen.append)
     assert [r.epoch for r in seen] == [1, 2, 3] and history == seen
     assert all(r.images_per_second > 0 and r.train_loss > 0 for r in seen)
-    assert seen[-1].val_accuracy == 1.0  # dark vs bright
+    assert seen[-1].train_loss < seen[0].train_loss / 4
+    assert seen[-1].val_accuracy >= 0.75  # dark vs bright: well above chance
     assert trainer.eta_seconds() == 0
 
 
