@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from training_core.settings import Settings, get_settings
 from training_api.app import create_app
 
+if TYPE_CHECKING:
+    from training_core.localstack import LocalStack
+
 log = logging.getLogger(__name__)
 
 
-def use_local_stack() -> str:
+def use_local_stack() -> LocalStack:
     """Start (or reuse) the embedded Postgres and folder bucket; its settings become defaults.
 
-    Returns where the API token is kept (the token itself is never printed or logged).
+    The caller stops the stack when it is done (a no-op if another process started it).
     """
     from training_core.localstack import start_local_stack
 
@@ -24,7 +28,7 @@ def use_local_stack() -> str:
     for name, value in stack.env().items():
         os.environ.setdefault(name, value)  # what the environment says still wins
     get_settings.cache_clear()
-    return str(stack.home / "api-token")
+    return stack
 
 
 def run(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -131,15 +132,21 @@ def serve(
     """Serve the HTTP API (start, status and cancel training runs)."""
     from training_api import server
 
-    if local:
-        token_file = server.use_local_stack()
-        typer.echo(f"Local stack ready; the API token is in {token_file}", err=True)
+    stack = server.use_local_stack() if local else None
+    if stack is not None:
+        typer.echo(f"Local stack ready; the API token is in {stack.token_file}", err=True)
+        # uvicorn re-raises SIGTERM once it has shut down; as an exception it lets the
+        # database this process started be stopped on the way out.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     settings = settings_or_exit()
     try:
         server.run(settings, host=host, port=port, insecure=insecure)
     except SettingsError as error:
         typer.secho(str(error), err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    finally:
+        if stack is not None:
+            stack.stop()
 
 
 @app.command()

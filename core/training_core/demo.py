@@ -55,21 +55,22 @@ def run_demo(
     stack = start_local_stack(home)
     console.print(f"[bold]Local stack[/] in {stack.home} (embedded Postgres, bucket {stack.bucket_url})")
 
-    store = PostgresStore(stack.database_url)
     try:
-        project_id = _register_project(stack, store, model, epochs, image_size, console)
+        store = PostgresStore(stack.database_url)
+        try:
+            project_id = _register_project(stack, store, model, epochs, image_size, console)
+        finally:
+            store.close()
+        with _api_server(stack) as base_url:
+            client = httpx.Client(
+                base_url=base_url, headers={"Authorization": f"Bearer {stack.api_token}"}, timeout=30
+            )
+            answer = client.post("/agents/training/start", json={"project_id": project_id})
+            answer.raise_for_status()
+            console.print(f"POST /agents/training/start → {answer.status_code} {answer.text}")
+            status = _follow(client, project_id, epochs, timeout, console)
     finally:
-        store.close()
-
-    with _api_server(stack) as base_url:
-        client = httpx.Client(
-            base_url=base_url, headers={"Authorization": f"Bearer {stack.api_token}"}, timeout=30
-        )
-        answer = client.post("/agents/training/start", json={"project_id": project_id})
-        answer.raise_for_status()
-        started_run = answer.json()
-        console.print(f"POST /agents/training/start → {answer.status_code} {json.dumps(started_run)}")
-        status = _follow(client, project_id, epochs, timeout, console)
+        stack.stop()
 
     result = _result(project_id, status, _metrics(stack, status), time.monotonic() - started)
     _report(stack, result, status, console)

@@ -49,7 +49,13 @@ def test_demo_trains_a_model_end_to_end_twice(tmp_path: Path) -> None:
     second = run_demo_cli(home, "--epochs", "1", "--image-size", "16")
     assert second.returncode == 0, second.stdout + second.stderr
 
-    rows = read_tables(start_local_stack(home).database_url)
+    # Each demo stopped the database it started; nothing of it is left running.
+    assert not list(home.glob("postgres/postmaster.pid"))
+    stack = start_local_stack(home)
+    try:
+        rows = read_tables(stack.database_url)
+    finally:
+        stack.stop()
     assert [row["status"] for row in rows] == ["trained", "trained"]
     assert [row["phase"] for row in rows] == ["Succeeded", "Succeeded"]
     for row in rows:
