@@ -173,19 +173,23 @@ def plan_run(
     previous: Run | None,
     run_id: UUID,
     settings: Settings,
+    *,
+    plain_url_taken: bool = False,
 ) -> RunSpec:
     """The next run of a project: attempt, deterministic name and a model URL fixed now.
 
-    A project's first run writes ``<project>_model.pth``; later runs add their id, so a
-    model that exists is never overwritten.
+    A project's first run writes ``<project>_model.pth``; later runs, and a first run whose
+    plain name another project's run already holds (project names need not be unique), add
+    their id, so a model that exists is never overwritten.
     """
+    unique = previous is not None or plain_url_taken
     return RunSpec(
         run_id=run_id,
         run_name=run_name(project.id, next_attempt(previous)),
         project_id=project.id,
         dataset_url=choice.dataset_url,
         model=choice.model,
-        model_url=model_url_for(settings.bucket_url, project.name, run_id if previous else None),
+        model_url=model_url_for(settings.bucket_url, project.name, run_id if unique else None),
         epochs=choice.epochs,
         learning_rate=choice.learning_rate,
         batch_size=choice.batch_size,

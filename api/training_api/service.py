@@ -18,7 +18,7 @@ from training_core.domain import ACTIVE_PHASES, LogEntry, Phase, Project, Run
 from training_core.errors import Conflict, InvalidState, NotFound
 from training_core.launchers import Launcher, LauncherUnavailable
 from training_core.logs import bind
-from training_core.runspec import RunSpec
+from training_core.runspec import RunSpec, model_url_for
 from training_core.settings import Settings
 from training_core.store import NewRun, RunUpdate, Store
 from training_api import decisions
@@ -84,7 +84,15 @@ class TrainingService:
         """Record the run the claim allows; if that fails, give the claim back."""
         try:
             previous = self.store.get_latest_run(project.id)
-            spec = decisions.plan_run(choice, project, previous, uuid4(), self.settings)
+            plain_url = model_url_for(self.settings.bucket_url, project.name)
+            spec = decisions.plan_run(
+                choice,
+                project,
+                previous,
+                uuid4(),
+                self.settings,
+                plain_url_taken=previous is None and self.store.model_url_in_use(plain_url),
+            )
             run = self.store.create_run(
                 NewRun(
                     id=spec.run_id,

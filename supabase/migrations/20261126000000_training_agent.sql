@@ -65,6 +65,7 @@ create table if not exists training_runs (
 create unique index if not exists training_runs_one_active
     on training_runs (project_id) where phase in ('Queued', 'Pending', 'Running');
 create index if not exists training_runs_project_newest on training_runs (project_id, created_at desc);
+create index if not exists training_runs_model_url on training_runs (model_url);
 
 -- At most one model per run: recording a model twice is a no-op.
 alter table models add column if not exists run_id uuid references training_runs (id) on delete set null;

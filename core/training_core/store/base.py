@@ -105,6 +105,10 @@ class Store(ABC):
     def get_latest_run(self, project_id: UUID) -> Run | None: ...
 
     @abstractmethod
+    def model_url_in_use(self, model_url: str) -> bool:
+        """Whether any run (of any project) has been given this model URL."""
+
+    @abstractmethod
     def list_active_runs(self) -> list[Run]:
         """Every run in an active phase (Queued, Pending, Running), oldest first."""
 

@@ -177,6 +177,13 @@ class PostgresStore(Store):
         )
         return Run(**row) if row else None
 
+    def model_url_in_use(self, model_url: str) -> bool:
+        row = self._one(
+            "select exists (select 1 from training_runs where model_url = %(url)s) as taken",
+            {"url": model_url},
+        )
+        return bool(row and row["taken"])
+
     def list_active_runs(self) -> list[Run]:
         rows = self._all(
             f"select {_RUN_COLUMNS} from training_runs"

@@ -186,6 +186,12 @@ class SupabaseStore(Store):
         )
         return Run(**row) if row else None
 
+    def model_url_in_use(self, model_url: str) -> bool:
+        row = self._first(
+            self._table("training_runs").select("id").eq("model_url", model_url).limit(1)
+        )
+        return row is not None
+
     def list_active_runs(self) -> list[Run]:
         rows = self._rows(
             self._table("training_runs")

@@ -53,6 +53,22 @@ def test_start_records_the_run_and_answers_202(
     assert wait_for(lambda: (idle_launcher.describe(run) or {}).get("state") == "running")
 
 
+def test_two_projects_with_one_name_get_two_model_urls(client, store, settings, project_factory):
+    first = project_factory("Flowers")
+    second = project_factory("Flowers")
+
+    urls = [
+        client.post(START, json={"project_id": str(p.id)}).json()["model_url"]
+        for p in (first, second)
+    ]
+
+    second_run = store.get_latest_run(second.id)
+    assert urls == [
+        f"{settings.bucket_url}/models/flowers_model.pth",
+        f"{settings.bucket_url}/models/flowers_{str(second_run.id)[:8]}_model.pth",
+    ]
+
+
 def test_request_values_win_over_project_metadata(client, store, project_factory):
     project = project_factory(
         metadata={"model": "resnet34", "epochs": 9, "batch_size": 16, "seed": 7}

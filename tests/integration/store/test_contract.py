@@ -255,6 +255,14 @@ def test_the_latest_run_is_the_newest(store: Store) -> None:
     assert store.get_latest_run(project.id) == second
 
 
+def test_a_model_url_is_in_use_once_any_run_has_it(store: Store) -> None:
+    url = "gs://models-bucket/models/digits_model.pth"
+    assert store.model_url_in_use(url) is False
+    new_run(store, store.create_project("digits").id, model_url=url)
+    assert store.model_url_in_use(url) is True
+    assert store.model_url_in_use(url.replace("digits", "other")) is False
+
+
 def test_active_runs_are_listed_oldest_first(store: Store) -> None:
     projects = [store.create_project(f"p{i}") for i in range(4)]
     runs = [new_run(store, p.id) for p in projects]

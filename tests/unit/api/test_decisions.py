@@ -201,6 +201,16 @@ def test_later_runs_get_the_next_attempt_and_their_own_model_url():
     assert spec.model_url == "gs://models-bucket/models/cats_dogs_abcdef01_model.pth"
 
 
+def test_a_first_run_whose_plain_model_name_is_taken_gets_its_own_url():
+    choice = resolve_training(project(), dataset(), {}, SETTINGS)
+    run_id = UUID("abcdef01-0000-4000-8000-000000000000")
+
+    spec = plan_run(choice, project(), None, run_id, SETTINGS, plain_url_taken=True)
+
+    assert spec.run_name.endswith("-1")
+    assert spec.model_url == "gs://models-bucket/models/cats_dogs_abcdef01_model.pth"
+
+
 def test_progress_shows_only_the_promised_fields():
     run = Run(
         id=uuid4(),
