@@ -25,6 +25,7 @@ CRD_KIND = "TrainingRun"
 
 # Trainer exit codes (sysexits.h). The Job's podFailurePolicy reads them.
 EXIT_OK = 0
+EXIT_MISCONFIGURED = 2  # malformed settings or TRAINING_* environment: nothing was touched
 EXIT_DO_NOT_RETRY = 65  # EX_DATAERR: bad input (archive, dataset, model name, project state)
 EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted (SIGTERM, preemption) or transient; resume from checkpoint
 

@@ -11,7 +11,14 @@ from datetime import datetime
 from typing import Any
 
 from training_core.domain import ACTIVE_PHASES, Phase, Run
-from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_VERSION, EXIT_DO_NOT_RETRY, RunSpec
+from training_core.runspec import (
+    CRD_GROUP,
+    CRD_KIND,
+    CRD_VERSION,
+    EXIT_DO_NOT_RETRY,
+    EXIT_MISCONFIGURED,
+    RunSpec,
+)
 from training_core.settings import Settings
 
 from training_operator.config import OperatorConfig
@@ -92,13 +99,13 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "action": "Ignore",
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
             },
-            # Bad input stays bad: fail the Job at once instead of retrying.
+            # Bad input or a malformed environment stays bad: fail the Job at once.
             {
                 "action": "FailJob",
                 "onExitCodes": {
                     "containerName": TRAINER_CONTAINER,
                     "operator": "In",
-                    "values": [EXIT_DO_NOT_RETRY],
+                    "values": [EXIT_MISCONFIGURED, EXIT_DO_NOT_RETRY],
                 },
             },
         ]

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from training_core.blobs import open_blob_store
 from training_core.errors import StoreUnavailable
 from training_core.logs import bind, setup_logging
-from training_core.runspec import EXIT_RETRY, RunSpec
+from training_core.runspec import EXIT_MISCONFIGURED, EXIT_RETRY, RunSpec
 from training_core.settings import SettingsError, load_settings
 from training_core.store import open_store
 
@@ -32,7 +32,7 @@ from trainer.interrupt import StopFlag
 from trainer.tracking import StoreTracker
 from trainer.workflow import TrainingWorkflow
 
-EXIT_USAGE = 2
+EXIT_USAGE = EXIT_MISCONFIGURED
 log = logging.getLogger("trainer")
 
 

@@ -9,7 +9,7 @@ from uuid import uuid4
 import kubernetes_validate
 import pytest
 from training_core.domain import Phase, Run
-from training_core.runspec import EXIT_DO_NOT_RETRY, Resources
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_MISCONFIGURED, Resources
 from training_core.settings import load_settings
 from training_operator import builders
 from training_operator.builders import Condition, StatusUpdate
@@ -167,7 +167,7 @@ def test_pod_failure_policy_ignores_preemption_and_stops_on_bad_input() -> None:
             "onExitCodes": {
                 "containerName": "trainer",
                 "operator": "In",
-                "values": [EXIT_DO_NOT_RETRY],
+                "values": [EXIT_MISCONFIGURED, EXIT_DO_NOT_RETRY],
             },
         },
     ]
