@@ -36,25 +36,8 @@ class Phase(StrEnum):
 ACTIVE_PHASES = frozenset({Phase.QUEUED, Phase.PENDING, Phase.RUNNING})
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 
-# Which phase may follow which. A terminal phase is final: nothing overwrites it.
-TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.QUEUED: frozenset({Phase.PENDING, Phase.RUNNING, *TERMINAL_PHASES}),
-    Phase.PENDING: frozenset({Phase.RUNNING, *TERMINAL_PHASES}),
-    # Running → Pending: a preempted pod waits for a new node and resumes from its checkpoint.
-    Phase.RUNNING: frozenset({Phase.PENDING, *TERMINAL_PHASES}),
-    Phase.SUCCEEDED: frozenset(),
-    Phase.FAILED: frozenset(),
-    Phase.CANCELLED: frozenset(),
-}
-
-
-def can_transition(old: Phase, new: Phase) -> bool:
-    return old == new or new in TRANSITIONS[old]
-
-
-def predecessors(new: Phase) -> frozenset[Phase]:
-    """The phases from which ``new`` may be reached (used as the condition of an update)."""
-    return frozenset(old for old, targets in TRANSITIONS.items() if new in targets)
+# A terminal phase is final: every state change is a conditional update that expects one of
+# ACTIVE_PHASES, so nothing overwrites an outcome (Running → Pending is a preempted pod).
 
 
 class Record(BaseModel):
