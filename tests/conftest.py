@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.postgrest",
     "tests.fixtures.kube",
+    "tests.fixtures.cluster",
     "tests.fixtures.gcs",
     "tests.fixtures.digits",
 ]

@@ -1,4 +1,5 @@
-"""The RBAC rules the operator needs: every call it makes, and nothing more.
+"""The RBAC rules the operator needs: every call it makes, what the API server's admission
+checks on those calls, and nothing more.
 
 The Helm chart's operator Role is tested against this list, and the operator's tests check
 that every request it made is covered by it.
@@ -21,7 +22,7 @@ class Rule:
         return (api_group, resource) == (self.api_group, self.resource) and verb in self.verbs
 
 
-REQUIRED_PERMISSIONS: tuple[Rule, ...] = (
+CALL_PERMISSIONS: tuple[Rule, ...] = (
     # kopf lists and watches runs; handler progress and finalizers are patched on them.
     Rule(CRD_GROUP, CRD_PLURAL, frozenset({"get", "list", "watch", "patch"})),
     Rule(CRD_GROUP, f"{CRD_PLURAL}/status", frozenset({"patch"})),
@@ -31,6 +32,15 @@ REQUIRED_PERMISSIONS: tuple[Rule, ...] = (
     Rule("", "pods", frozenset({"list", "watch"})),
     Rule("", "events", frozenset({"create"})),
 )
+
+# Checked by admission rather than called: a Job whose owner reference to its run sets
+# blockOwnerDeletion (so a foreground delete of the run waits for the Job) is admitted only
+# if its creator may update the run's finalizers (OwnerReferencesPermissionEnforcement).
+ADMISSION_PERMISSIONS: tuple[Rule, ...] = (
+    Rule(CRD_GROUP, f"{CRD_PLURAL}/finalizers", frozenset({"update"})),
+)
+
+REQUIRED_PERMISSIONS = CALL_PERMISSIONS + ADMISSION_PERMISSIONS
 
 
 def allowed(api_group: str, resource: str, verb: str) -> bool:

@@ -1,94 +1,95 @@
-"""Helm for the chart tests: lint and install (into a Kubernetes API mock) from Python 3.11.
-
-helm-sdkpy bundles Helm as a library but needs Python >= 3.12, so it lives in a venv of its
-own (``make helm-venv``) and runs helm_driver.py in a subprocess.
-"""
+"""The real `helm` CLI for the chart tests: lint, template and install (built by
+tools/go_tools.py into the tool cache; `make tools` builds it before the tests)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tools.go_tools import binary
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "training-agent"
-DRIVER = Path(__file__).with_name("helm_driver.py")
-HELM_PYTHON = Path(os.environ.get("HELM_SDK_PYTHON", REPO / ".venv" / "helm-sdk" / "bin" / "python"))
-
-# Helm's lint severities.
-LINT_WARNING = 2
+# What `helm template` is told of the cluster, as an install would learn it from the server.
+TEMPLATE_KUBE_VERSION = "1.35.0"
 
 
 class HelmError(Exception):
     """Helm refused the chart or its values; the message is Helm's own."""
 
 
-def _run(request: dict[str, Any]) -> Any:
-    if not HELM_PYTHON.is_file():
-        raise RuntimeError(
-            f"{HELM_PYTHON} is missing: run `make helm-venv` (Python >= 3.12 with helm-sdkpy), "
-            "or point HELM_SDK_PYTHON at such an interpreter"
-        )
-    env = {**os.environ, "HELM_DRIVER": "memory", "HOME": request.pop("home")}
+def helm(*args: str, workdir: Path, kubeconfig: Path | None = None) -> str:
+    """Run helm with its state (config, cache, release records) kept under ``workdir``."""
+    env = {
+        "HOME": str(workdir),
+        "HELM_CONFIG_HOME": str(workdir / "helm-config"),
+        "HELM_CACHE_HOME": str(workdir / "helm-cache"),
+        "HELM_DATA_HOME": str(workdir / "helm-data"),
+        "PATH": "/usr/bin:/bin",
+    }
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
     done = subprocess.run(
-        [str(HELM_PYTHON), str(DRIVER)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+        [str(binary("helm", "helm")), *args], capture_output=True, text=True, env=env,
+        timeout=120, check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"helm driver crashed ({done.returncode}): {done.stderr[-3000:]}")
-    answer = json.loads(done.stdout)
-    if "error" in answer:
-        raise HelmError(answer["error"])
-    return answer["result"]
+        raise HelmError("\n".join(part.strip() for part in (done.stdout, done.stderr) if part.strip()))
+    return done.stdout
 
 
-def lint(chart: Path, workdir: Path) -> dict[str, Any]:
-    return _run({"action": "lint", "chart": str(chart), "namespace": "default", "home": str(workdir)})
+def values_file(values: dict[str, Any], workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "values.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def lint(values: dict[str, Any], workdir: Path) -> str:
+    """`helm lint --strict`: warnings fail it too; returns Helm's report."""
+    return helm("lint", str(CHART), "--strict", "-f", str(values_file(values, workdir)), workdir=workdir)
+
+
+def template(values: dict[str, Any], workdir: Path, namespace: str, release: str = "agent",
+             api_versions: tuple[str, ...] = (), kube_version: str = TEMPLATE_KUBE_VERSION) -> list[dict[str, Any]]:
+    """`helm template`: the objects an install of these values would create (CRDs excluded)."""
+    args = ["template", release, str(CHART), "-n", namespace, "-f", str(values_file(values, workdir)),
+            "--kube-version", kube_version]
+    for api_version in api_versions:
+        args += ["--api-versions", api_version]
+    return _objects(helm(*args, workdir=workdir))
 
 
 def install_release(
     values: dict[str, Any], kubeconfig: Path, namespace: str, release: str = "agent"
 ) -> dict[str, Any]:
-    """Install the chart; returns Helm's release record (manifest, notes, status)."""
-    return _run(
-        {
-            "action": "install",
-            "chart": str(CHART),
-            "release": release,
-            "namespace": namespace,
-            "values": values,
-            "kubeconfig": str(kubeconfig),
-            "home": str(kubeconfig.parent),
-        }
+    """`helm install`; returns Helm's release record (manifest, notes, status)."""
+    workdir = kubeconfig.parent
+    answer = helm(
+        "install", release, str(CHART), "-n", namespace, "-f", str(values_file(values, workdir)),
+        "-o", "json", workdir=workdir, kubeconfig=kubeconfig,
     )
+    return json.loads(answer)
 
 
 def install(
     values: dict[str, Any], kubeconfig: Path, namespace: str, release: str = "agent"
 ) -> list[dict[str, Any]]:
     """Install the chart; returns the rendered manifest's objects (CRDs excluded)."""
-    manifest = install_release(values, kubeconfig, namespace, release)["manifest"]
+    return _objects(install_release(values, kubeconfig, namespace, release)["manifest"])
+
+
+def uninstall(kubeconfig: Path, namespace: str, release: str = "agent") -> str:
+    return helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s",
+                workdir=kubeconfig.parent, kubeconfig=kubeconfig)
+
+
+def _objects(manifest: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(manifest) if doc]
-
-
-def chart_with_values(values: dict[str, Any], workdir: Path) -> Path:
-    """A copy of the chart whose values.yaml is the defaults overlaid with ``values``
-    (helm-sdkpy's lint takes no values of its own)."""
-    copy = workdir / CHART.name
-    shutil.copytree(CHART, copy)
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    (copy / "values.yaml").write_text(yaml.safe_dump(deep_merge(defaults, values)))
-    return copy
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -99,5 +100,3 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-

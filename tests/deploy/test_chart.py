@@ -17,7 +17,7 @@ import yaml
 
 from tests.deploy import helm
 from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
-from tests.deploy.kube_api import KubeAPI, running_kube_api
+from tests.fixtures.cluster import Cluster
 from training_api.decisions import TrainingChoice, plan_run
 from training_core import cli
 from training_core.domain import Project
@@ -67,17 +67,33 @@ def settings_of(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) 
 
 
 # -- lint and render ---------------------------------------------------------------------------
-@pytest.mark.parametrize("values", [REQUIRED, EVERYTHING_ON], ids=["defaults", "everything-on"])
-def test_chart_lints_without_warnings(values: dict[str, Any], tmp_path: Path) -> None:
-    chart = helm.chart_with_values(values, tmp_path)
-    result = helm.lint(chart, tmp_path)
-    problems = [m for m in result["Messages"] if m["Severity"] >= helm.LINT_WARNING]
-    assert problems == [] and not result["Errors"], result
+VALUE_SETS = {"defaults": REQUIRED, "everything-on": EVERYTHING_ON}
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_chart_lints_without_warnings(name: str, tmp_path: Path) -> None:
+    report = helm.lint(VALUE_SETS[name], tmp_path)  # --strict: a warning fails it
+    assert "1 chart(s) linted, 0 chart(s) failed" in report, report
+
+
+def test_lint_reports_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        helm.lint(helm.deep_merge(REQUIRED, {"trainer": {"gpu": {"count": -1}}}), tmp_path)
+    assert "/trainer/gpu/count" in str(refused.value) and "1 chart(s) failed" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_template_renders_what_an_install_creates(name: str, rendered: Rendered, tmp_path: Path) -> None:
+    """`helm template` (for GitOps and review) shows exactly the objects `helm install` makes."""
+    objects = helm.template(
+        VALUE_SETS[name], tmp_path, f"{NAMESPACE}-{name}", api_versions=("monitoring.coreos.com/v1/ServiceMonitor",)
+    )
+    assert objects == rendered[name]
 
 
 @pytest.mark.parametrize("values", [REQUIRED, EVERYTHING_ON], ids=["defaults", "everything-on"])
 def test_every_rendered_object_is_valid_kubernetes(
-    values: dict[str, Any], install: Install, cluster: KubeAPI
+    values: dict[str, Any], install: Install, cluster: Cluster, namespace: str, kubeconfig: Path
 ) -> None:
     objects = install(values)
     for obj in objects:
@@ -86,10 +102,27 @@ def test_every_rendered_object_is_valid_kubernetes(
             continue
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-    # Everything rendered reached the API server, and so did the CRD (from crds/).
-    stored = {(obj["kind"], obj["metadata"]["name"]) for obj in cluster.objects()}
-    assert {(obj["kind"], obj["metadata"]["name"]) for obj in objects} <= stored
-    assert ("CustomResourceDefinition", "trainingruns.training.automl.dev") in stored
+    # The API server accepted and stores every object, and the CRD (from crds/) is established.
+    for obj in objects:
+        cluster.kubectl("get", f"{obj['kind'].lower()}/{obj['metadata']['name']}", "-n", namespace)
+    established = cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/trainingruns.training.automl.dev"
+    )
+    assert "condition met" in established.stdout
+
+    # helm uninstall leaves nothing of the release behind (the CRD stays, as Helm keeps crds/).
+    helm.uninstall(kubeconfig, namespace)
+    assert release_objects(cluster, namespace) == []
+    helm.install(values, kubeconfig, namespace)  # for the fixture's own uninstall
+
+
+def release_objects(cluster: Cluster, namespace: str) -> list[str]:
+    """Every object of the chart in the namespace (and its cluster-wide RBAC)."""
+    kinds = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets,ingresses,networkpolicies,servicemonitors,secrets"
+    names = cluster.kubectl("get", kinds, "-n", namespace, "-l", "app.kubernetes.io/name=training-agent", "-o", "name").stdout.split()
+    names += cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", "app.kubernetes.io/name=training-agent", "-o", "name").stdout.split()
+    releases = cluster.kubectl("get", "secrets", "-n", namespace, "-l", "owner=helm", "-o", "name").stdout.split()
+    return names + releases
 
 
 def test_default_install_makes_the_core_objects(rendered: Rendered) -> None:
@@ -141,15 +174,17 @@ def test_the_crd_is_a_valid_custom_resource_definition() -> None:
         kubernetes_validate.validate(crd, version, strict=True)
 
 
-def test_install_notes_give_the_next_steps(cluster: KubeAPI, tmp_path: Path) -> None:
-    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
-    release = helm.install_release(REQUIRED, kubeconfig, NAMESPACE)
-    assert release["info"]["status"] == "deployed"
-    notes = release["info"]["notes"]
+def test_install_notes_give_the_next_steps(kubeconfig: Path, namespace: str) -> None:
+    release = helm.install_release(REQUIRED, kubeconfig, namespace)
+    try:
+        assert release["info"]["status"] == "deployed"
+        notes = release["info"]["notes"]
+    finally:
+        helm.uninstall(kubeconfig, namespace)
     assert "create secret generic training-agent-supabase" in notes
     assert "--from-literal=API_TOKENS=" in notes
     assert "port-forward svc/agent-training-agent-api 8000:80" in notes
-    assert f"kubectl -n {NAMESPACE} get trainingruns" in notes
+    assert f"kubectl -n {namespace} get trainingruns" in notes
     assert "trainer.serviceAccount.gcpServiceAccount is empty" in notes
 
 
@@ -162,7 +197,7 @@ def test_settings_configmap_loads_as_the_agents_settings(
     assert one(objects, "ConfigMap", "settings")["data"]["MAX_DOWNLOAD_BYTES"] == "53687091200"
     settings = settings_of(objects, monkeypatch)
     assert settings.launcher == "kubernetes"
-    assert settings.namespace == NAMESPACE
+    assert settings.namespace == f"{NAMESPACE}-everything-on"
     assert settings.resolved_store_backend == "supabase"
     assert settings.bucket_url == "gs://acme-automl-datasets"
     assert settings.log_format == "json"
@@ -188,7 +223,7 @@ def test_every_container_reads_the_settings_and_secrets_by_reference(rendered: R
 
 @pytest.mark.parametrize("watch_all", [False, True])
 def test_operator_environment_is_a_valid_operator_config(
-    watch_all: bool, install: Install, monkeypatch: pytest.MonkeyPatch
+    watch_all: bool, install: Install, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     values = helm.deep_merge(EVERYTHING_ON, {"operator": {"watchAllNamespaces": watch_all}})
     objects = install(values)
@@ -200,7 +235,7 @@ def test_operator_environment_is_a_valid_operator_config(
         monkeypatch.setenv(name, value)
     config = OperatorConfig()
 
-    assert config.namespaces == ([] if watch_all else [NAMESPACE])
+    assert config.namespaces == ([] if watch_all else [namespace])
     assert config.trainer_image == (
         "europe-west4-docker.pkg.dev/acme-ml/training-agent/training-agent-trainer:0.1.0"
     )
@@ -295,15 +330,14 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("bad", "where", "what"), BAD_VALUES, ids=[w + ":" + (m or "const") for _, w, m in BAD_VALUES])
 def test_bad_values_are_refused_with_a_clear_message(
-    bad: dict[str, Any], where: str, what: str, install: Install, cluster: KubeAPI
+    bad: dict[str, Any], where: str, what: str, install: Install, cluster: Cluster, namespace: str
 ) -> None:
     with pytest.raises(helm.HelmError) as refused:
         install(helm.deep_merge(REQUIRED, bad))
     message = str(refused.value)
     assert "values don't meet the specifications of the schema" in message
     assert f"at '{where}'" in message and what in message, message
-    # Nothing was installed (Helm puts crds/ in place before it reads the values).
-    assert [obj["kind"] for obj in cluster.objects()] == ["CustomResourceDefinition"]
+    assert release_objects(cluster, namespace) == [], "nothing is installed"
 
 
 def test_missing_required_settings_are_named(install: Install) -> None:
@@ -318,17 +352,14 @@ def test_ingress_without_host_is_refused(install: Install) -> None:
 
 
 def test_service_monitor_without_prometheus_operator_is_refused(tmp_path: Path) -> None:
-    with running_kube_api(service_monitor_crd=False) as api:
-        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
-        with pytest.raises(helm.HelmError, match="needs the Prometheus Operator's ServiceMonitor CRD"):
-            helm.install(helm.deep_merge(REQUIRED, {"serviceMonitor": {"enabled": True}}), kubeconfig, NAMESPACE)
+    """Helm checks the cluster's APIs; `helm template` is told them, so it shows the same check."""
+    with pytest.raises(helm.HelmError, match="needs the Prometheus Operator's ServiceMonitor CRD"):
+        helm.template(helm.deep_merge(REQUIRED, {"serviceMonitor": {"enabled": True}}), tmp_path, NAMESPACE)
 
 
 def test_a_cluster_older_than_the_chart_supports_is_refused(tmp_path: Path) -> None:
-    with running_kube_api(kubernetes_version=(1, 29)) as api:
-        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
-        with pytest.raises(helm.HelmError, match=r"requires kubeVersion: >=1\.30.* Kubernetes v1\.29\.0"):
-            helm.install(REQUIRED, kubeconfig, NAMESPACE)
+    with pytest.raises(helm.HelmError, match=r"requires kubeVersion: >=1\.30.* Kubernetes v1\.29\.0"):
+        helm.template(REQUIRED, tmp_path, NAMESPACE, kube_version="1.29.0")
 
 
 # -- the schema follows the settings ---------------------------------------------------------

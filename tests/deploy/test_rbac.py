@@ -7,11 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes import client
-
 from tests.deploy import helm
 from tests.deploy.conftest import REQUIRED
-from tests.deploy.kube_api import KubeAPI
+from tests.fixtures.cluster import Cluster
 from training_core.domain import Phase, Run, run_name
 from training_core.launchers.kubernetes import KubernetesLauncher
 from training_core.runspec import RunSpec
@@ -52,12 +50,11 @@ def bound_to_its_service_account(objects: list[dict[str, Any]], role: dict[str, 
     return binding["roleRef"]["kind"] == role["kind"] and subject["name"] in accounts and subject["name"] == role["metadata"]["name"]
 
 
-def launcher_calls(cluster: KubeAPI, namespace: str) -> set[Grant]:
-    """Every call the API's Kubernetes launcher makes, through each of its operations."""
-    configuration = client.Configuration()
-    configuration.host = cluster.url
-    launcher = KubernetesLauncher(namespace, client.ApiClient(configuration))
-    before = cluster.request_count()
+def launcher_calls(cluster: Cluster, namespace: str, service_account: str) -> set[Grant]:
+    """Every call the API's Kubernetes launcher makes through each of its operations, made
+    with the token of the API's ServiceAccount: a call its Role lacks is refused (403)."""
+    token = cluster.service_account_token(namespace, service_account)
+    launcher = KubernetesLauncher(namespace, cluster.api_client(token))
     project_id = uuid.uuid4()
     spec = RunSpec(
         run_id=uuid.uuid4(),
@@ -76,13 +73,15 @@ def launcher_calls(cluster: KubeAPI, namespace: str) -> set[Grant]:
         assert launcher.get(spec.run_name) is None
     finally:
         launcher.close()
-    return cluster.calls(since=before)
+    return cluster.calls_of(f"system:serviceaccount:{namespace}:{service_account}")
 
 
-def test_api_role_grants_exactly_what_the_launcher_calls(install: Install, cluster: KubeAPI) -> None:
+def test_api_role_grants_exactly_what_the_launcher_calls(
+    install: Install, cluster: Cluster, namespace: str
+) -> None:
     objects = install(REQUIRED)
     role = role_of(objects, "api")
-    calls = launcher_calls(cluster, "training")
+    calls = launcher_calls(cluster, namespace, role["metadata"]["name"])
     assert calls, "the launcher made no calls"
     assert grants(role["rules"]) == calls
     assert bound_to_its_service_account(objects, role)

@@ -81,7 +81,8 @@ class KubernetesLauncher(Launcher):
     def start(self, spec: RunSpec) -> None:
         body = training_run_resource(spec, self._namespace)
         try:
-            self._call("create_namespaced_custom_object", body=body)
+            # Strict: a field the CRD does not know is refused, not silently pruned.
+            self._call("create_namespaced_custom_object", body=body, field_validation="Strict")
         except ApiException as error:
             if error.status != 409:
                 raise LauncherUnavailable(_describe("create", spec.run_name, error)) from None
