@@ -213,6 +213,9 @@ class TrainingService:
                 expected=ACTIVE_PHASES,
             )
         except InvalidState as error:
+            if str(error.actual) == Phase.CANCELLED.value:
+                # The operator saw its TrainingRun go and recorded the same cancel first.
+                return self.store.get_run(run.id), self.store.get_project(project.id)
             message = f"the run ended before it could be cancelled ({error.actual})"
             raise self._refused(project, ApiError(409, "run_finished", message)) from None
         try:

@@ -35,6 +35,7 @@ from training_core.blobs import open_blob_store
 from training_core.domain import Project
 from training_core.settings import load_settings
 from training_core.store.postgres import PostgresStore
+from training_operator.permissions import CALL_PERMISSIONS, allowed
 
 pytestmark = pytest.mark.slow
 
@@ -319,3 +320,36 @@ def _answers(api: httpx.Client) -> bool:
         return api.get("/health").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_suspend_resume_and_cancel_use_exactly_the_operators_role(
+    platform: Platform, digits_zip: DigitsZip
+) -> None:
+    project = platform.project(digits_zip(16), epochs=50)
+    run_name = platform.start(project)["run_name"]
+    platform.wait_for_phase(project, {"running"}, timeout=120)
+    [first] = platform.pods(run_name)
+
+    platform.kubectl("patch", "trainingrun", run_name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    wait_for(lambda: platform.job_field(run_name, "{.spec.suspend}") == "true", 30, "the Job suspended", platform.logs)
+    # The Job controller removes the active pod; the kubelet stand-in stops the trainer.
+    wait_for(lambda: not platform.pods(run_name), 60, "the pod gone", platform.logs)
+
+    platform.kubectl("patch", "trainingrun", run_name, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_for(lambda: [p for p in platform.pods(run_name) if p.status.phase == "Running"], 60,
+             "a new pod running", platform.logs)
+    [second] = platform.pods(run_name)
+    assert second.metadata.name != first.metadata.name
+    platform.wait_for_phase(project, {"running"}, timeout=60)
+
+    cancelled = platform.api.post(f"/agents/training/cancel/{project.id}")
+    assert cancelled.status_code == 200, (cancelled.text, platform.status(project))
+    assert platform.wait_for_phase(project, {"cancelled", "failed", "succeeded"}, 60)["status"] == "cancelled"
+    wait_for(lambda: not platform.pods(run_name), 60, "the pods gone", platform.logs)
+
+    # Every call the operator made was allowed by its Role, and every verb it is granted was used.
+    account = f"system:serviceaccount:{platform.namespace}:agent-training-agent-operator"
+    calls = platform.cluster.calls_of(account)
+    assert {call for call in calls if not allowed(*call)} == set()
+    granted = {(r.api_group, r.resource, verb) for r in CALL_PERMISSIONS for verb in r.verbs}
+    assert granted - calls == set(), "rules the operator never needed"

@@ -174,3 +174,36 @@ def test_cancel_refuses_bad_and_unknown_ids(client):
 
     assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_project_id"
     assert unknown.status_code == 404 and error_of(unknown)["code"] == "project_not_found"
+
+
+def test_cancel_recorded_first_by_the_operator_is_still_a_success(
+    database_url, tmp_path, store, project_factory
+):
+    """On Kubernetes the operator sees the TrainingRun go and may record the cancel before
+    the API does: the caller asked for a cancel and got one, so the answer is 200."""
+    from fastapi.testclient import TestClient
+
+    from training_core.launchers.local import LocalLauncher
+    from training_api import create_app
+
+    from tests.integration.api.conftest import AUTH, IDLE_TRAINER, make_settings
+
+    class OperatorFirst(LocalLauncher):
+        def cancel(self, run):
+            super().cancel(run)
+            store.update_run(run.id, RunUpdate(phase=Phase.CANCELLED, error="TrainingRun deleted"))
+            store.set_project_status(run.project_id, "pending_training", expected=["training"])
+
+    settings = make_settings(database_url, tmp_path)
+    launcher = OperatorFirst(settings, store, command=IDLE_TRAINER, grace_seconds=1, poll_seconds=0.05)
+    project = project_factory()
+    try:
+        with TestClient(create_app(settings, store, launcher), headers=AUTH) as api:
+            started = api.post(START, json={"project_id": str(project.id)}).json()
+            response = api.post(cancel_url(project.id))
+    finally:
+        launcher.close()
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled" and response.json()["run_id"] == started["run_id"]
+    assert response.json()["project_status"] == "pending_training"
