@@ -1,8 +1,9 @@
 """Operator throughput: N TrainingRuns created → N Jobs exist, and the operator's memory.
 
-The operator is the real ``training-agent operator`` process; the Kubernetes API is the
-test API server (kmock with the test corrections) and the store an embedded Postgres, all
-on this machine. Baselines measured in the same run against the same server:
+The operator is the real ``training-agent operator`` process; the Kubernetes API is a real
+control plane (tests/fixtures/cluster.py: etcd, kube-apiserver, the controller manager and
+scheduler, whose Job controller makes each Job's pod) and the store an embedded Postgres,
+all on this machine. Baselines measured in the same run against the same server:
 
 - creating N TrainingRuns with the kubernetes client (what the API's launcher does);
 - creating N Jobs straight from the client (the least the operator has to do).
@@ -38,7 +39,11 @@ from training_core.store.postgres import PostgresStore
 from training_operator.builders import job_manifest
 from training_operator.config import OperatorConfig
 
-from tests.fixtures.kube import KubeApi
+from tests.fixtures.cluster import Cluster, running_cluster
+
+
+NAMESPACE = "training"
+CRD = Path(__file__).resolve().parents[1] / "operator" / "training_operator" / "crd.yaml"
 
 
 def record_runs(store: PostgresStore, count: int) -> list[RunSpec]:
@@ -84,10 +89,10 @@ def create_jobs_directly(api: client.ApiClient, specs: list[RunSpec]) -> float:
     started = time.perf_counter()
     for spec in specs:
         resource = training_run(spec)
-        resource["metadata"].update(
-            namespace="baseline", uid="00000000-0000-0000-0000-000000000000"
-        )
-        batch.create_namespaced_job("baseline", job_manifest(resource, config))
+        resource["metadata"].update(namespace="baseline", uid="00000000-0000-0000-0000-000000000000")
+        job = job_manifest(resource, config)
+        del job["metadata"]["ownerReferences"]  # no such owner: the collector would delete it
+        batch.create_namespaced_job("baseline", job)
     return time.perf_counter() - started
 
 
@@ -121,13 +126,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_operator(kube: KubeApi, database_url: str, workdir: Path) -> subprocess.Popen[bytes]:
+def start_operator(cluster: Cluster, database_url: str, workdir: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "KUBECONFIG": str(kube.kubeconfig),
+        "KUBECONFIG": str(cluster.admin_kubeconfig),
         "DATABASE_URL": database_url,
         "STORE_BACKEND": "postgres",
-        "OPERATOR_NAMESPACES": kube.namespace,
+        "OPERATOR_NAMESPACES": NAMESPACE,
         "OPERATOR_LIVENESS_PORT": str(free_port()),
         "LOG_LEVEL": "WARNING",
     }
@@ -144,10 +149,10 @@ def free_port() -> int:
 
 
 def wait_until_watching(
-    kube: KubeApi, operator: subprocess.Popen[bytes], timeout: float = 60
+    cluster: Cluster, operator: subprocess.Popen[bytes], timeout: float = 60
 ) -> None:
     deadline = time.monotonic() + timeout
-    while not any(c.verb == "watch" and c.resource == CRD_PLURAL for c in kube.calls()):
+    while (CRD_GROUP, CRD_PLURAL, "watch") not in cluster.calls_of("admin"):
         if operator.poll() is not None:
             raise RuntimeError(f"the operator exited with code {operator.returncode}")
         if time.monotonic() > deadline:
@@ -168,31 +173,35 @@ def main() -> None:
         database_url = server.get_uri("postgres")
         apply_migrations(database_url)
         store = PostgresStore(database_url, timeout=10)
-        kube = KubeApi(workdir).start()
-        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "baseline"}})
-        operator = start_operator(kube, database_url, workdir)
         try:
-            specs = record_runs(store, args.runs)
-            with kube.api_client() as api:
-                direct = create_jobs_directly(api, specs)
-                wait_until_watching(kube, operator)
-                started = time.perf_counter()
-                creating = create_training_runs(api, kube.namespace, specs)
-                wait_for_jobs(api, kube.namespace, args.runs, args.timeout)
-                jobs_ready = time.perf_counter() - started
-                wait_until_pending(store, args.runs, args.timeout)
-                all_pending = time.perf_counter() - started
-            rss = peak_rss_mib(operator.pid)
-            cpu = cpu_seconds(operator.pid)
+            with running_cluster(workdir / "cluster") as cluster:
+                cluster.kubectl("apply", "-f", str(CRD))
+                cluster.kubectl("wait", "--for=condition=Established", "crd/trainingruns.training.automl.dev")
+                for namespace in (NAMESPACE, "baseline"):
+                    cluster.create_namespace(namespace)
+                operator = start_operator(cluster, database_url, workdir)
+                try:
+                    specs = record_runs(store, args.runs)
+                    with cluster.api_client() as api:
+                        direct = create_jobs_directly(api, specs)
+                        wait_until_watching(cluster, operator)
+                        started = time.perf_counter()
+                        creating = create_training_runs(api, NAMESPACE, specs)
+                        wait_for_jobs(api, NAMESPACE, args.runs, args.timeout)
+                        jobs_ready = time.perf_counter() - started
+                        wait_until_pending(store, args.runs, args.timeout)
+                        all_pending = time.perf_counter() - started
+                    rss = peak_rss_mib(operator.pid)
+                    cpu = cpu_seconds(operator.pid)
+                finally:
+                    operator.terminate()
+                    operator.wait(timeout=60)
         finally:
-            operator.terminate()
-            operator.wait(timeout=60)
-            kube.stop()
             store.close()
             server.cleanup()
 
     table = Table(
-        title=f"Operator throughput: {args.runs} TrainingRuns (test API server, this machine)"
+        title=f"Operator throughput: {args.runs} TrainingRuns (real control plane, this machine)"
     )
     for column in ("measure", "seconds", "per second", "ratio to direct Jobs"):
         table.add_column(column, justify="right" if column != "measure" else "left")
