@@ -10,13 +10,11 @@ trains digits from fake-gcs-server into the store behind the Supabase-compatible
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import pytest
 from kubernetes import client
 
 from tests.deploy import helm
-from tests.fixtures.cluster import ADMIN_TOKEN, Cluster, free_port
+from tests.fixtures.cluster import ADMIN_TOKEN, Cluster, background_process, free_port
 from tests.fixtures.digits import DigitsZip
 from tests.fixtures.gcs import FakeGcsServer
 from tests.fixtures.kubelet import KubeletStandIn, container_environment
@@ -60,20 +58,9 @@ def gke_nodes(kube_cluster: Cluster) -> Cluster:
     return kube_cluster
 
 
-@contextmanager
-def component(name: str, args: list[str], env: dict[str, str], home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (home / f"{name}.log").open("wb")
-    process = subprocess.Popen([str(Path(sys.executable).with_name("training-agent")), *args],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+def component(name: str, args: list[str], env: dict[str, str], home: Path) -> Any:
+    """The agent's own command line, as its container runs it."""
+    return background_process(name, home, [str(Path(sys.executable).with_name("training-agent")), *args], env)
 
 
 def deployment_env(cluster: Cluster, objects: list[dict[str, Any]], component_name: str, namespace: str) -> dict[str, str]:
@@ -114,6 +101,7 @@ class Platform:
     bucket_url: str
     kubelet: KubeletStandIn
     home: Path
+    restart_operator: Callable[[], None]
 
     def project(self, dataset: Path, **metadata: Any) -> Project:
         """A project the platform registered: its dataset in the bucket, pending_training."""
@@ -129,6 +117,12 @@ class Platform:
         started = self.api.post("/agents/training/start", json={"project_id": str(project.id)})
         assert started.status_code == 202, started.text
         return started.json()
+
+    def start_running(self, project: Project) -> str:
+        """Start a run and wait until its trainer runs; returns the run's name."""
+        run_name = self.start(project)["run_name"]
+        self.wait_for_phase(project, {"running"}, timeout=120)
+        return run_name
 
     def status(self, project: Project) -> dict[str, Any]:
         return self.api.get(f"/agents/training/status/{project.id}").json()
@@ -198,11 +192,18 @@ def platform(
                     "KUBECONFIG": str(as_service_account(cluster, namespace, objects, "operator", tmp_path))}
     kubelet = KubeletStandIn(cluster, {GPU_NODE}, TRAINER_ENTRYPOINT,
                              {**emulator, "OMP_NUM_THREADS": "1"}, tmp_path / "pods")
+    operator = ExitStack()
+
+    def restart_operator() -> None:
+        operator.close()
+        operator.enter_context(component("operator", ["operator"], operator_env, tmp_path))
+
     with (component("api", ["serve", "--host", "127.0.0.1", "--port", str(api_port)], api_env, tmp_path),
-          component("operator", ["operator"], operator_env, tmp_path), kubelet,
+          operator, kubelet,
           httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
                        headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10) as api):
-        found = Platform(cluster, namespace, api, pg_store, gcs_bucket_url, kubelet, tmp_path)
+        restart_operator()  # the first start
+        found = Platform(cluster, namespace, api, pg_store, gcs_bucket_url, kubelet, tmp_path, restart_operator)
         wait_for(lambda: _answers(api), 60, "the API answers", found.logs)
         yield found
         # Runs left by the test go, and their pods with them, while the kubelet is there to
@@ -278,8 +279,7 @@ def test_cancel_deletes_the_run_and_its_job_and_pods_are_collected(
     platform: Platform, digits_zip: DigitsZip
 ) -> None:
     project = platform.project(digits_zip(16), epochs=50)
-    run_name = platform.start(project)["run_name"]
-    platform.wait_for_phase(project, {"running"}, timeout=120)
+    run_name = platform.start_running(project)
     cancelled = platform.api.post(f"/agents/training/cancel/{project.id}")
     assert cancelled.status_code == 200, cancelled.text
     status = platform.wait_for_phase(project, {"succeeded", "failed", "cancelled"}, timeout=60)
@@ -315,19 +315,11 @@ def test_no_schedulable_gpu_node_reaches_the_run_as_the_schedulers_message(
     assert platform.status(project)["status"] == "pending"
 
 
-def _answers(api: httpx.Client) -> bool:
-    try:
-        return api.get("/health").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_suspend_resume_and_cancel_use_exactly_the_operators_role(
     platform: Platform, digits_zip: DigitsZip
 ) -> None:
     project = platform.project(digits_zip(16), epochs=50)
-    run_name = platform.start(project)["run_name"]
-    platform.wait_for_phase(project, {"running"}, timeout=120)
+    run_name = platform.start_running(project)
     [first] = platform.pods(run_name)
 
     platform.kubectl("patch", "trainingrun", run_name, "--type=merge", "-p", '{"spec": {"suspend": true}}')
@@ -353,3 +345,24 @@ def test_suspend_resume_and_cancel_use_exactly_the_operators_role(
     assert {call for call in calls if not allowed(*call)} == set()
     granted = {(r.api_group, r.resource, verb) for r in CALL_PERMISSIONS for verb in r.verbs}
     assert granted - calls == set(), "rules the operator never needed"
+
+
+
+def test_a_restarted_operator_makes_no_second_job_and_no_repeated_log_line(
+    platform: Platform, digits_zip: DigitsZip
+) -> None:
+    project = platform.project(digits_zip(16), epochs=3)
+    run_name = platform.start_running(project)
+    platform.restart_operator()  # a rollout or a crash of the operator's pod mid-run
+    status = platform.wait_for_phase(project, {"succeeded", "failed", "cancelled"})
+    assert status["status"] == "succeeded", status
+    assert platform.kubectl("get", "jobs", "-o", "name").split() == [f"job.batch/{run_name}"]
+    lines = [entry.message for entry in platform.store.get_logs(project.id, limit=200)]
+    for said_once in (f"Job {run_name}: waiting for a GPU node", f"Job {run_name}: training started"):
+        assert lines.count(said_once) == 1, lines
+
+def _answers(api: httpx.Client) -> bool:
+    try:
+        return api.get("/health").status_code == 200
+    except httpx.HTTPError:
+        return False
