@@ -10,7 +10,6 @@ from collections.abc import Iterator
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.postgrest",
-    "tests.fixtures.kube",
     "tests.fixtures.cluster",
     "tests.fixtures.gcs",
     "tests.fixtures.digits",

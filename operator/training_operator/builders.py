@@ -5,6 +5,7 @@ Nothing here talks to a server, so every rule is tested on plain dicts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -339,11 +340,26 @@ def failure_message(reason: str, message: str, job: Mapping[str, Any]) -> str:
             f"the trainer's pod failed {status.get('failed', 0)} time(s), "
             f"more than the backoff limit of {spec.get('backoffLimit')}"
         ),
-        "PodFailurePolicy": (
-            f"the trainer refused its input (exit code {EXIT_DO_NOT_RETRY}); retrying would not help"
-        ),
+        "PodFailurePolicy": _fail_job_sentence(message),
     }.get(reason, "the training Job failed")
     return f"{readable}: {message}" if message else readable
+
+
+# The Job controller names the exit code that matched a FailJob rule in its message.
+_EXIT_CODE = re.compile(r"exit code (\d+)")
+_FAIL_JOB_CAUSES = {
+    EXIT_DO_NOT_RETRY: "the trainer refused its input",
+    EXIT_MISCONFIGURED: "the trainer's settings are malformed",
+}
+
+
+def _fail_job_sentence(message: str) -> str:
+    found = _EXIT_CODE.search(message)
+    if not found:
+        return "the trainer stopped on an error that retrying would not fix"
+    code = int(found.group(1))
+    cause = _FAIL_JOB_CAUSES.get(code, "the trainer stopped on an error")
+    return f"{cause} (exit code {code}); retrying would not help"
 
 
 def newest_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -1,4 +1,4 @@
-"""``KubernetesLauncher`` against the test Kubernetes API server (kmock), and the API on top."""
+"""``KubernetesLauncher`` against the real Kubernetes API server, and the API on top."""
 
 from __future__ import annotations
 
@@ -17,22 +17,26 @@ from training_api import create_app
 
 from tests.integration.api.conftest import AUTH, serving
 
-NAMESPACE = "training"
-
 
 @pytest.fixture
-def launcher(kube_api):
-    launcher = KubernetesLauncher(NAMESPACE, kube_api.api_client(), timeout_seconds=5)
+def launcher(training_cluster, kube_namespace):
+    launcher = KubernetesLauncher(kube_namespace, training_cluster.api_client(), timeout_seconds=5)
     yield launcher
     launcher.close()
 
 
-def training_runs(kube_api) -> list[dict]:
-    with kube_api.api_client() as api:
-        listed = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
-            CRD_GROUP, CRD_VERSION, NAMESPACE, CRD_PLURAL
-        )
-    return listed["items"]
+@pytest.fixture
+def training_runs(training_cluster, kube_namespace):
+    """The TrainingRuns in the test's namespace, as the API server lists them."""
+
+    def listed() -> list[dict]:
+        with training_cluster.api_client() as api:
+            found = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+                CRD_GROUP, CRD_VERSION, kube_namespace, CRD_PLURAL
+            )
+        return found["items"]
+
+    return listed
 
 
 def a_spec(**fields) -> RunSpec:
@@ -52,20 +56,20 @@ def as_run(spec: RunSpec) -> Run:
     return Run(id=spec.run_id, project_id=spec.project_id, name=spec.run_name, phase=Phase.QUEUED)
 
 
-def test_start_creates_one_training_run_even_when_retried(kube_api, launcher):
+def test_start_creates_one_training_run_even_when_retried(training_runs, launcher):
     spec = a_spec()
 
     launcher.start(spec)
     launcher.start(spec)  # a retry after a timeout finds the first object
 
-    [resource] = training_runs(kube_api)
+    [resource] = training_runs()
     assert resource["metadata"]["name"] == spec.run_name
     assert resource["metadata"]["labels"]["training.automl.dev/run-id"] == str(spec.run_id)
     assert resource["spec"] == spec.to_resource_spec()
     assert launcher.describe(as_run(spec)) == {"name": spec.run_name, "status": {}}
 
 
-def test_a_name_taken_by_another_run_is_refused(kube_api, launcher):
+def test_a_name_taken_by_another_run_is_refused(training_runs, launcher):
     spec = a_spec()
     launcher.start(spec)
 
@@ -73,14 +77,14 @@ def test_a_name_taken_by_another_run_is_refused(kube_api, launcher):
         launcher.start(spec.model_copy(update={"run_id": uuid4()}))
 
 
-def test_cancel_deletes_the_training_run_and_is_idempotent(kube_api, launcher):
+def test_cancel_deletes_the_training_run_and_is_idempotent(training_runs, launcher):
     spec = a_spec()
     launcher.start(spec)
 
     launcher.cancel(as_run(spec))
     launcher.cancel(as_run(spec))
 
-    assert training_runs(kube_api) == []
+    assert training_runs() == []
     assert launcher.describe(as_run(spec)) is None
 
 
@@ -89,7 +93,7 @@ def test_ping_answers_when_the_resource_is_served(launcher):
 
 
 def test_fifty_concurrent_starts_make_one_run_and_one_training_run(
-    kube_api, launcher, settings, store, project_factory
+    training_runs, launcher, settings, store, project_factory
 ):
     project = project_factory()
     app = create_app(settings, store, launcher)
@@ -112,22 +116,22 @@ def test_fifty_concurrent_starts_make_one_run_and_one_training_run(
     assert {body["run_id"] for body in bodies} == {str(store.get_latest_run(project.id).id)}
     assert {body["model_url"] for body in bodies} == {store.get_latest_run(project.id).model_url}
     assert len(store.list_active_runs()) == 1
-    [resource] = training_runs(kube_api)
+    [resource] = training_runs()
     assert resource["spec"]["runId"] == bodies[0]["run_id"]
     assert store.get_project(project.id).status == "training"
 
 
 def test_cancel_through_the_api_deletes_the_training_run(
-    kube_api, launcher, settings, store, project_factory
+    training_runs, launcher, settings, store, project_factory
 ):
     from fastapi.testclient import TestClient
 
     project = project_factory()
     with TestClient(create_app(settings, store, launcher), headers=AUTH) as api:
         started = api.post("/agents/training/start", json={"project_id": str(project.id)}).json()
-        assert len(training_runs(kube_api)) == 1
+        assert len(training_runs()) == 1
         cancelled = api.post(f"/agents/training/cancel/{project.id}")
 
     assert cancelled.status_code == 200 and cancelled.json()["run_id"] == started["run_id"]
-    assert training_runs(kube_api) == []
+    assert training_runs() == []
     assert store.get_run(started["run_id"]).phase is Phase.CANCELLED

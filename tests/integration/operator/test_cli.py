@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,12 @@ from pathlib import Path
 import httpx
 from training_core.domain import Phase
 
-from tests.integration.operator.conftest import Cluster, eventually
-from tests.integration.operator.test_lifecycle import _assert
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures.cluster import free_port
+from tests.integration.operator.conftest import Workspace, eventually, expect
 
 
 def test_operator_command_reconciles_answers_liveness_and_stops_on_sigterm(
-    cluster: Cluster, operator_env: object, tmp_path: Path
+    workspace: Workspace, operator_env: object, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {**os.environ, "OPERATOR_LIVENESS_PORT": str(port)}
@@ -33,11 +26,11 @@ def test_operator_command_reconciles_answers_liveness_and_stops_on_sigterm(
         [str(cli), "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        _, run = cluster.start_run()
+        _, run = workspace.start_run()
         eventually(
-            lambda: _assert(cluster.store.get_run(run.id).phase is Phase.PENDING), timeout=15
+            lambda: expect(workspace.store.get_run(run.id).phase is Phase.RUNNING), timeout=30
         )
-        assert [job["metadata"]["name"] for job in cluster.jobs()] == [run.name]
+        assert [job["metadata"]["name"] for job in workspace.jobs()] == [run.name]
         health = eventually(
             lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2), timeout=30
         )

@@ -298,10 +298,6 @@ def test_complete_job_succeeded() -> None:
             "BackoffLimitExceeded",
             "the trainer's pod failed 4 time(s), more than the backoff limit of 3",
         ),
-        (
-            "PodFailurePolicy",
-            "the trainer refused its input (exit code 65); retrying would not help",
-        ),
         ("SomethingNew", "the training Job failed"),
     ],
 )
@@ -311,6 +307,20 @@ def test_failed_job_says_why(reason: str, sentence: str) -> None:
     assert update.message == f"{sentence}: details from Kubernetes"
     assert update.completion_time == "2026-01-01T02:00:00Z"
     assert update.conditions[0].type == "Failed" and update.conditions[0].reason == reason
+
+
+@pytest.mark.parametrize(
+    ("code", "sentence"),
+    [
+        (65, "the trainer refused its input (exit code 65); retrying would not help"),
+        (2, "the trainer's settings are malformed (exit code 2); retrying would not help"),
+        (9, "the trainer stopped on an error (exit code 9); retrying would not help"),
+    ],
+)
+def test_job_failed_by_a_fail_job_rule_names_the_exit_code(code: int, sentence: str) -> None:
+    details = f"Container trainer for pod ns/p failed with exit code {code} matching FailJob rule at index 1"
+    update = builders.run_status(failed("PodFailurePolicy", details))
+    assert update.message == f"{sentence}: {details}"
 
 
 def test_false_conditions_do_not_count() -> None:
