@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -15,16 +14,19 @@ from training_core.store import Store, open_store
 from training_api.auth import Authenticator
 from training_api.bodylimit import BodyLimitMiddleware
 from training_api.errors import install_error_handlers
+from training_api.mcp import mount_mcp
 from training_api.metrics import ApiMetrics, MetricsMiddleware
 from training_api.ratelimit import RateLimiter
 from training_api.routes import system, training
+from training_api.schemas import set_maximum
 from training_api.service import TrainingService
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """Turns a project's image dataset into a trained PyTorch model.
 
-Every endpoint except `/health` and `/ready` needs `Authorization: Bearer <token>`.
+Every endpoint except `/health` and `/ready` needs `Authorization: Bearer <token>`; so does
+the MCP server at `/mcp` (streamable HTTP).
 Errors have one shape: `{"success": false, "error": {"code": "...", "message": "..."}}`.
 """
 
@@ -53,8 +55,9 @@ def create_app(
     launcher = launcher or open_launcher(settings, store)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with app.state.mcp.running():
+            yield
         if owned_launcher:
             launcher.close()
         if owned_store:
@@ -74,6 +77,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(system.router)
     app.include_router(training.router)
+    app.state.mcp = mount_mcp(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     document_bounds(app, settings)
@@ -85,13 +89,7 @@ def document_bounds(app: FastAPI, settings: Settings) -> None:
     schema = app.openapi()  # built once and cached: changes here are what /openapi.json serves
     for param in schema["paths"]["/agents/training/status/{project_id}"]["get"]["parameters"]:
         if param["name"] == "logs":
-            _set_maximum(param["schema"], settings.status_logs_max)
+            set_maximum(param["schema"], settings.status_logs_max)
     fields = schema["components"]["schemas"]["StartRequest"]["properties"]
-    _set_maximum(fields["epochs"], settings.max_epochs)
-    _set_maximum(fields["batch_size"], settings.max_batch_size)
-
-
-def _set_maximum(field: dict[str, Any], maximum: int) -> None:
-    for branch in field.get("anyOf", [field]):
-        if branch.get("type") == "integer":
-            branch["maximum"] = maximum
+    set_maximum(fields["epochs"], settings.max_epochs)
+    set_maximum(fields["batch_size"], settings.max_batch_size)

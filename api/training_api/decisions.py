@@ -212,6 +212,18 @@ def wrong_status(project: Project, settings: Settings) -> ApiError:
     )
 
 
+def awaited(latest: Run | None) -> Run:
+    """The run a wait follows: the project's latest, active or already ended."""
+    if latest is None:
+        raise ApiError(409, "no_active_run", "the project has no training run to wait for")
+    return latest
+
+
+def expected_classes(project: Project) -> int | None:
+    """The number of classes the project's metadata promises (a run checks its dataset has it)."""
+    return _metadata(project).get("num_classes")
+
+
 def cancellable(latest: Run | None) -> Run:
     """The run a cancel stops: the project's latest, if it is still active."""
     if latest is None or not latest.phase.is_active:

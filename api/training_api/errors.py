@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from training_core.errors import StoreUnavailable
@@ -57,7 +58,7 @@ _HTTP_CODES = {
 }
 
 
-def describe_validation(error: RequestValidationError) -> str:
+def describe_validation(error: RequestValidationError | ValidationError) -> str:
     """``body.epochs: Input should be greater than or equal to 1; …`` (inputs never echoed)."""
     parts = []
     for item in error.errors()[:5]:
@@ -66,36 +67,38 @@ def describe_validation(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
-        return error_response(error)
+def invalid_input(error: RequestValidationError | ValidationError) -> ApiError:
+    """A request that does not match its schema (a pydantic error elsewhere is a bug: 500)."""
+    return ApiError(422, "validation_error", describe_validation(error))
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(ApiError(422, "validation_error", describe_validation(error)))
+
+def as_api_error(error: Exception, where: str) -> ApiError:
+    """The refusal a client sees for an exception, over HTTP and MCP alike. An outage is
+    logged as a warning, anything unexpected as an error with its trace (``where``: what ran)."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, RequestValidationError):
+        return invalid_input(error)
+    if isinstance(error, StoreUnavailable):
+        log.warning("store unavailable: %s", error)
+        return unavailable("store_unavailable", "the database is unavailable; retry later")
+    if isinstance(error, LauncherUnavailable):
+        log.warning("launcher unavailable: %s", error)
+        return unavailable("launcher_unavailable", "the launcher is unavailable; retry later")
+    log.error("unexpected error on %s", where, exc_info=error)
+    return ApiError(500, "internal_error", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _refused(request: Request, error: Exception) -> JSONResponse:
+        return error_response(as_api_error(error, f"{request.method} {request.url.path}"))
+
+    for kind in (ApiError, RequestValidationError, StoreUnavailable, LauncherUnavailable):
+        app.add_exception_handler(kind, _refused)
+    app.add_exception_handler(Exception, _refused)  # last: anything else is a 500, logged
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(error.status_code, "http_error")
         message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
         return error_response(ApiError(error.status_code, code, message, error.headers))
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store(_: Request, error: StoreUnavailable) -> JSONResponse:
-        log.warning("store unavailable: %s", error)
-        return error_response(
-            unavailable("store_unavailable", "the database is unavailable; retry later")
-        )
-
-    @app.exception_handler(LauncherUnavailable)
-    async def _launcher(_: Request, error: LauncherUnavailable) -> JSONResponse:
-        log.warning("launcher unavailable: %s", error)
-        return error_response(
-            unavailable("launcher_unavailable", "the launcher is unavailable; retry later")
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-        return error_response(ApiError(500, "internal_error", "internal error"))

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by route and status, latency, runs started and failed.
+"""Prometheus metrics: requests by route and status, latency, runs started and failed, and
+MCP tool calls by tool and outcome.
 
 Each app has its own registry (several apps can live in one process, as in the tests).
 The route label is the route's template (``/agents/training/status/{project_id}``), never the
@@ -29,6 +30,19 @@ class ApiMetrics:
             "Time to answer an HTTP request, by route and method.",
             ["route", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "training_api_mcp_tool_calls",
+            "MCP tool calls answered, by tool and outcome (ok, or the refusal's error code).",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.tool_latency = Histogram(
+            "training_api_mcp_tool_duration_seconds",
+            "Time to answer an MCP tool call, by tool (wait_for_training waits on purpose).",
+            ["tool"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
             registry=self.registry,
         )
         self.runs_started = Counter(

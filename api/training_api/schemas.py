@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training_core.domain import LogEntry, Run
+from training_core.domain import LogEntry, Project, Run
 from training_core.runspec import SUPPORTED_MODELS
+from training_api import decisions
+
+if TYPE_CHECKING:
+    from training_api.service import Started, Status
 
 SupportedModel = Literal[SUPPORTED_MODELS]  # type: ignore[valid-type]
+
+# A string, not a UUID: a malformed id is the caller's 400, not a schema 422.
+ProjectIdText = Annotated[
+    str,
+    Field(
+        max_length=100,
+        description="The project's id (a UUID).",
+        json_schema_extra={"format": "uuid"},
+    ),
+]
 
 EXAMPLE_PROJECT = "3f2b6c1e-8d4a-4f6b-9c2e-1a7d5e9b0c34"
 EXAMPLE_RUN = "9b1c2d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
@@ -36,12 +50,7 @@ class StartRequest(BaseModel):
         },
     )
 
-    # A string, not a UUID: a malformed id is the caller's 400, not a schema 422.
-    project_id: str = Field(
-        max_length=100,
-        description="The project's id (a UUID).",
-        json_schema_extra={"format": "uuid"},
-    )
+    project_id: ProjectIdText
     model: SupportedModel | None = Field(None, description="Architecture to fine-tune.")
     epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
@@ -81,6 +90,25 @@ class StartResponse(BaseModel):
     model_url: str | None = Field(description="Where the run writes its model.")
     status_url: str
     message: str
+
+    @classmethod
+    def of(cls, started: Started, public_base_url: str) -> StartResponse:
+        run = started.run
+        if started.created:
+            message = f"training run {run.name} queued"
+        else:
+            message = (
+                f"training run {run.name} is already active for this project; no new run started"
+            )
+        return cls(
+            created=started.created,
+            run_id=run.id,
+            run_name=run.name,
+            status=decisions.phase_label(run.phase),
+            model_url=run.model_url,
+            status_url=f"{public_base_url.rstrip('/')}/agents/training/status/{run.project_id}",
+            message=message,
+        )
 
 
 class RunView(BaseModel):
@@ -186,6 +214,19 @@ class StatusResponse(BaseModel):
     model_url: str | None
     logs: list[LogView] = Field(description="The newest agent_logs lines, newest first.")
 
+    @classmethod
+    def of(cls, found: Status) -> StatusResponse:
+        run = found.run
+        return cls(
+            project_id=found.project.id,
+            project_status=found.project.status,
+            status=decisions.phase_label(run.phase) if run else "not_started",
+            progress=ProgressView(**decisions.progress_of(run)),
+            run=RunView.of(run) if run else None,
+            model_url=run.model_url if run else None,
+            logs=[LogView.of(entry) for entry in found.logs],
+        )
+
 
 class CancelResponse(BaseModel):
     model_config = ConfigDict(
@@ -207,6 +248,15 @@ class CancelResponse(BaseModel):
     status: str
     project_status: str
     message: str
+
+    @classmethod
+    def of(cls, run: Run, project: Project) -> CancelResponse:
+        return cls(
+            run_id=run.id,
+            status=decisions.phase_label(run.phase),
+            project_status=project.status,
+            message=f"training run {run.name} cancelled",
+        )
 
 
 class ErrorDetail(BaseModel):
@@ -235,3 +285,10 @@ class ErrorResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str = "ok"
+
+
+def set_maximum(field: dict[str, Any], maximum: int) -> None:
+    """Write a bound that comes from the settings into a field's JSON schema (for clients)."""
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") == "integer":
+            branch["maximum"] = maximum

@@ -1,4 +1,5 @@
-"""Start, status and cancel: the store and launcher calls around the pure decisions.
+"""Start, status and cancel (and the reads the MCP tools add): the store and launcher calls
+around the pure decisions.
 
 Every refusal for a project that exists is also written to its ``agent_logs``, so the
 platform sees why a start or cancel was refused.
@@ -7,15 +8,19 @@ platform sees why a start or cancel was refused.
 from __future__ import annotations
 
 import logging
+import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from training_core.domain import ACTIVE_PHASES, LogEntry, Phase, Project, Run
-from training_core.errors import Conflict, InvalidState, NotFound
+from training_core.dataset import DatasetDescription
+from training_core.domain import ACTIVE_PHASES, Dataset, LogEntry, ModelRecord, Phase, Project, Run
+from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound
+from training_core.intake import intake_dataset
 from training_core.launchers import Launcher, LauncherUnavailable
 from training_core.logs import bind
 from training_core.runspec import RunSpec, model_url_for
@@ -42,6 +47,16 @@ class Status:
     project: Project
     run: Run | None
     logs: list[LogEntry]
+
+
+@dataclass(frozen=True)
+class DatasetChecked:
+    """A dataset as a run's intake saw it: its description, or what the run would refuse."""
+
+    project: Project
+    dataset: Dataset
+    description: DatasetDescription | None
+    problem: str | None
 
 
 class TrainingService:
@@ -74,11 +89,7 @@ class TrainingService:
             return Started(run=run, created=True)
 
     def _choose(self, project: Project, overrides: dict[str, Any]) -> decisions.TrainingChoice:
-        try:
-            dataset = self.store.get_dataset(project.id)
-        except NotFound:
-            raise ApiError(404, "dataset_not_found", "the project has no dataset") from None
-        return decisions.resolve_training(project, dataset, overrides, self.settings)
+        return decisions.resolve_training(project, self._dataset(project), overrides, self.settings)
 
     def _record(self, project: Project, choice: decisions.TrainingChoice) -> tuple[Run, RunSpec]:
         """Record the run the claim allows; if that fails, give the claim back."""
@@ -229,7 +240,42 @@ class TrainingService:
         self.store.log(project.id, f"Training run {run.name} cancelled on request")
         return run, project
 
+    # -- reads ---------------------------------------------------------------------------
+    def runs(self, project_id: str, limit: int) -> tuple[Project, list[Run]]:
+        project = self._project(project_id)
+        return project, self.store.list_runs(project.id, limit)
+
+    def models(self, project_id: str) -> tuple[Project, list[ModelRecord]]:
+        project = self._project(project_id)
+        return project, self.store.get_models(project.id)
+
+    def check_dataset(self, project_id: str) -> DatasetChecked:
+        """Fetch and check the project's newest dataset as a run's intake does; nothing trains.
+
+        What a start refuses (unknown project, no dataset, a bad URL) is refused here too;
+        what the run would refuse (layout, images, classes) is the check's answer.
+        """
+        project = self._project(project_id)
+        dataset = self._dataset(project)
+        url = decisions.check_dataset_url(dataset)
+        expected = decisions.expected_classes(project)
+        self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.settings.scratch_dir, prefix="check-") as work:
+            try:
+                description = intake_dataset(
+                    url, Path(work), self.settings, expected_num_classes=expected
+                )
+            except InvalidInput as problem:
+                return DatasetChecked(project, dataset, None, str(problem))
+        return DatasetChecked(project, dataset, description, None)
+
     # -- helpers -------------------------------------------------------------------------
+    def _dataset(self, project: Project) -> Dataset:
+        try:
+            return self.store.get_dataset(project.id)
+        except NotFound:
+            raise ApiError(404, "dataset_not_found", "the project has no dataset") from None
+
     def _project(self, project_id: str) -> Project:
         uuid: UUID = decisions.parse_project_id(project_id)
         try:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from training_core.cli_projects import projects_app
+from training_core.cli_runs import runs_app
 from training_core.errors import AgentError
 from training_core.logs import setup_logging
 from training_core.settings import Settings, SettingsError, get_settings
@@ -19,6 +21,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(projects_app, name="projects")
+app.add_typer(runs_app, name="runs")
 
 
 def settings_or_exit() -> Settings:
@@ -131,8 +135,9 @@ def serve(
 ) -> None:
     """Serve the HTTP API (start, status and cancel training runs)."""
     from training_api import server
+    from training_core.localstack import use_local_stack
 
-    stack = server.use_local_stack() if local else None
+    stack = use_local_stack() if local else None
     if stack is not None:
         typer.echo(f"Local stack ready; the API token is in {stack.token_file}", err=True)
         # uvicorn re-raises SIGTERM once it has shut down; as an exception it lets the

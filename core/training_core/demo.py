@@ -23,12 +23,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from training_core.localstack import LocalStack, start_local_stack
+from training_core.run_progress import follow_run
 from training_core.store.postgres import PostgresStore
-
-TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,13 @@ def run_demo(
             answer = client.post("/agents/training/start", json={"project_id": project_id})
             answer.raise_for_status()
             console.print(f"POST /agents/training/start → {answer.status_code} {answer.text}")
-            status = _follow(client, project_id, epochs, timeout, console)
+            status_path = f"/agents/training/status/{project_id}"
+            status = follow_run(
+                lambda: client.get(status_path, params={"logs": 5}).json(),
+                console=console,
+                total_epochs=epochs,
+                timeout=timeout,
+            )
     finally:
         stack.stop()
 
@@ -142,49 +146,6 @@ def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: Pat
                 return
         time.sleep(0.2)
     raise RuntimeError(f"the API did not become healthy in 60 s; see {log_path}")
-
-
-def _follow(
-    client: httpx.Client, project_id: str, epochs: int, timeout: float, console: Console
-) -> dict[str, Any]:
-    """Poll the status endpoint and draw a progress bar until the run ends."""
-    deadline = time.monotonic() + timeout
-    columns = (
-        TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("training", total=epochs, detail="")
-        while True:
-            status = client.get(f"/agents/training/status/{project_id}", params={"logs": 5}).json()
-            run = status.get("run") or {}
-            progress = status.get("progress") or {}
-            bar.update(
-                task,
-                completed=progress.get("epoch") or 0,
-                total=progress.get("total_epochs") or epochs,
-                description=run.get("phase", "Queued"),
-                detail=_detail(progress),
-            )
-            if run.get("phase") in TERMINAL:
-                return status
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the run did not finish in {timeout:.0f} s")
-            time.sleep(0.5)
-
-
-def _detail(progress: dict[str, Any]) -> str:
-    parts = []
-    if progress.get("loss") is not None:
-        parts.append(f"loss {progress['loss']:.3f}")
-    if progress.get("val_accuracy") is not None:
-        parts.append(f"val acc {progress['val_accuracy']:.3f}")
-    if progress.get("eta_seconds") is not None:
-        parts.append(f"ETA {progress['eta_seconds']:.0f}s")
-    return "  ".join(parts)
 
 
 def _metrics(stack: LocalStack, status: dict[str, Any]) -> dict[str, Any]:

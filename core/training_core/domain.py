@@ -51,6 +51,7 @@ class Project(Record):
     framework: str | None = None
     status: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
 
 
 class Dataset(Record):

@@ -92,6 +92,20 @@ def start_local_stack(home: Path | None = None) -> LocalStack:
     )
 
 
+def use_local_stack(home: Path | None = None) -> LocalStack:
+    """Start (or reuse) the local stack and make its settings this process's defaults.
+
+    The caller stops the stack when it is done (a no-op if another process started it).
+    """
+    from training_core.settings import get_settings
+
+    stack = start_local_stack(home)
+    for name, value in stack.env().items():
+        os.environ.setdefault(name, value)  # what the environment says still wins
+    get_settings.cache_clear()
+    return stack
+
+
 def _running(pgdata: Path) -> bool:
     """Whether a postmaster is alive for ``pgdata`` (its pid file names a live process)."""
     pid_file = pgdata / "postmaster.pid"

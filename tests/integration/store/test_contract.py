@@ -255,6 +255,49 @@ def test_the_latest_run_is_the_newest(store: Store) -> None:
     assert store.get_latest_run(project.id) == second
 
 
+def test_projects_are_listed_newest_first_and_bounded(store: Store) -> None:
+    made = [store.create_project(f"listed-{n}") for n in range(3)]
+
+    newest = store.list_projects(limit=3)
+    assert [p.id for p in newest] == [p.id for p in reversed(made)]
+    assert newest[0] == store.get_project(made[-1].id)
+    assert newest[0].created_at is not None and newest[0].created_at >= newest[1].created_at
+    assert len(store.list_projects(limit=2)) == 2
+    assert store.list_projects(limit=0) == []
+
+
+def test_a_deleted_project_goes_with_its_dataset_runs_and_logs(store: Store) -> None:
+    project = store.create_project("short-lived")
+    store.add_dataset(project.id, "gs://data-bucket/raw/short.zip", name="short")
+    new_run(store, project.id)
+    store.log(project.id, "registered")
+    kept = store.create_project("kept")
+
+    store.delete_project(project.id)
+    store.delete_project(project.id)  # nothing left to delete: no error
+
+    with pytest.raises(NotFound):
+        store.get_project(project.id)
+    assert store.get_latest_run(project.id) is None
+    assert store.get_logs(project.id) == []
+    assert store.get_project(kept.id) == kept
+
+
+def test_a_projects_runs_are_listed_newest_first_and_bounded(store: Store) -> None:
+    project = store.create_project("digits")
+    assert store.list_runs(project.id) == []
+    runs = []
+    for attempt in (1, 2, 3):
+        runs.append(new_run(store, project.id, attempt=attempt))
+        store.update_run(runs[-1].id, RunUpdate(phase=Phase.FAILED))
+    new_run(store, store.create_project("other").id)
+
+    assert [r.id for r in store.list_runs(project.id)] == [r.id for r in reversed(runs)]
+    assert [r.attempt for r in store.list_runs(project.id, limit=2)] == [3, 2]
+    assert store.list_runs(project.id, limit=0) == []
+    assert store.list_runs(project.id)[0] == store.get_latest_run(project.id)
+
+
 def test_a_model_url_is_in_use_once_any_run_has_it(store: Store) -> None:
     url = "gs://models-bucket/models/digits_model.pth"
     assert store.model_url_in_use(url) is False
