@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from training_core.errors import AgentError
 from training_core.launchers import Launcher, open_launcher
 from training_core.settings import Settings, SettingsError
 from training_core.store import Store, open_store
@@ -22,6 +24,8 @@ from training_api.schemas import set_maximum
 from training_api.service import TrainingService
 
 log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 60.0
 
 DESCRIPTION = """Turns a project's image dataset into a trained PyTorch model.
 
@@ -56,8 +60,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with app.state.mcp.running():
-            yield
+        sweeping = asyncio.create_task(sweep_stale_claims(app.state.service))
+        try:
+            async with app.state.mcp.running():
+                yield
+        finally:
+            sweeping.cancel()
         if owned_launcher:
             launcher.close()
         if owned_store:
@@ -82,6 +90,17 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     document_bounds(app, settings)
     return app
+
+
+async def sweep_stale_claims(service: TrainingService) -> None:
+    """At start-up, then every minute (or sooner, for a shorter STALE_CLAIM_SECONDS)."""
+    interval = min(SWEEP_INTERVAL_SECONDS, service.settings.stale_claim_seconds)
+    while True:
+        try:
+            await asyncio.to_thread(service.release_stale_claims)
+        except AgentError as error:  # the store is down: the next sweep tries again
+            log.warning("could not release stale project claims: %s", error)
+        await asyncio.sleep(interval)
 
 
 def document_bounds(app: FastAPI, settings: Settings) -> None:

@@ -78,51 +78,50 @@ class TrainingService:
                 choice = self._choose(project, overrides)
             except ApiError as error:
                 raise self._refused(project, error) from None
-            try:
-                self.store.claim_project(
-                    project.id, self.settings.status_pending, self.settings.status_training
-                )
-            except InvalidState:  # another start won the claim a moment ago
+            recorded = self._record(project, choice)
+            if recorded is None:  # another start won the claim a moment ago
                 return self._existing_run(self.store.get_project(project.id))
-            run, spec = self._record(project, choice)
+            run, spec = recorded
             self._launch(project, run, spec)
             return Started(run=run, created=True)
 
     def _choose(self, project: Project, overrides: dict[str, Any]) -> decisions.TrainingChoice:
         return decisions.resolve_training(project, self._dataset(project), overrides, self.settings)
 
-    def _record(self, project: Project, choice: decisions.TrainingChoice) -> tuple[Run, RunSpec]:
-        """Record the run the claim allows; if that fails, give the claim back."""
+    def _record(
+        self, project: Project, choice: decisions.TrainingChoice
+    ) -> tuple[Run, RunSpec] | None:
+        """Claim the project and record its run, in one transaction; None if the claim was
+        lost."""
+        previous = self.store.get_latest_run(project.id)
+        plain_url = model_url_for(self.settings.bucket_url, project.name)
+        spec = decisions.plan_run(
+            choice,
+            project,
+            previous,
+            uuid4(),
+            self.settings,
+            plain_url_taken=previous is None and self.store.model_url_in_use(plain_url),
+        )
+        new_run = NewRun(
+            id=spec.run_id,
+            project_id=project.id,
+            name=spec.run_name,
+            attempt=decisions.next_attempt(previous),
+            spec=spec.model_dump(mode="json"),
+            model_url=spec.model_url,
+        )
         try:
-            previous = self.store.get_latest_run(project.id)
-            plain_url = model_url_for(self.settings.bucket_url, project.name)
-            spec = decisions.plan_run(
-                choice,
-                project,
-                previous,
-                uuid4(),
-                self.settings,
-                plain_url_taken=previous is None and self.store.model_url_in_use(plain_url),
-            )
-            run = self.store.create_run(
-                NewRun(
-                    id=spec.run_id,
-                    project_id=project.id,
-                    name=spec.run_name,
-                    attempt=decisions.next_attempt(previous),
-                    spec=spec.model_dump(mode="json"),
-                    model_url=spec.model_url,
-                )
+            run = self.store.start_run(
+                self.settings.status_pending, self.settings.status_training, new_run
             )
         except Conflict:  # an active run the project's status did not show
-            self._release_claim(project)
             raise self._refused(
                 project,
                 ApiError(409, "active_run_exists", "the project already has an active run"),
             ) from None
-        except Exception:
-            self._release_claim(project)
-            raise
+        if run is None:
+            return None
         self.store.log(
             project.id,
             f"Training run {run.name} queued: {spec.model}, {spec.epochs} epochs, batch"
@@ -150,6 +149,23 @@ class TrainingService:
                 "launcher_unavailable", "the launcher could not start the run; retry later"
             ) from None
         self.metrics.runs_started.inc()
+
+    def release_stale_claims(self) -> list[Project]:
+        """Give back the claims no run holds (a start interrupted before the claim and the
+        run were one transaction, or a project set to training by hand)."""
+        seconds = self.settings.stale_claim_seconds
+        released = self.store.release_stale_claims(
+            self.settings.status_training, self.settings.status_pending, seconds
+        )
+        for project in released:
+            log.warning("released project %s: claimed with no active run", project.id)
+            self.store.log(
+                project.id,
+                f"Project was {self.settings.status_training} for over {seconds:g} s with no"
+                f" active run; back to {project.status}, so it can be started again",
+                level="warning",
+            )
+        return released
 
     def _release_claim(self, project: Project) -> None:
         with suppress(InvalidState):  # someone else moved it on: leave their status

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     status_logs_default: int = Field(20, ge=0, le=500)
     status_logs_max: int = Field(200, ge=1, le=5000)
     public_base_url: str = ""
+    # A project `training` this long with no active run is released (back to pending): what
+    # an interrupted start of an older agent, or the platform, left behind.
+    stale_claim_seconds: float = Field(600.0, ge=1, le=7 * 86_400)
 
     # --- launchers ------------------------------------------------------------------------
     launcher: Literal["kubernetes", "local"] = "local"

@@ -81,9 +81,12 @@ class Store(ABC):
         """Remove a project with its datasets, runs, models and logs (``on delete cascade``);
         nothing happens if there is no such project."""
 
-    def claim_project(self, project_id: UUID, pending: str, training: str) -> Project:
-        """``pending → training`` atomically; exactly one of many concurrent callers wins."""
-        return self.set_project_status(project_id, training, expected=[pending])
+    @abstractmethod
+    def release_stale_claims(
+        self, training: str, pending: str, older_than_seconds: float
+    ) -> list[Project]:
+        """Projects ``training`` for longer than ``older_than_seconds`` with no active run go
+        back to ``pending``; returns them."""
 
     # -- datasets ----------------------------------------------------------------------
     @abstractmethod
@@ -103,6 +106,12 @@ class Store(ABC):
         """Register a dataset for a project (the platform's job; local mode and tests too)."""
 
     # -- runs --------------------------------------------------------------------------
+    @abstractmethod
+    def start_run(self, pending: str, training: str, run: NewRun) -> Run | None:
+        """Claim the run's project (``pending → training``) and record the run, both or
+        neither: None when the project was not ``pending`` (another start won the claim);
+        ``Conflict`` when it has an active run already."""
+
     @abstractmethod
     def create_run(self, run: NewRun) -> Run:
         """Record a run; ``Conflict`` when the project already has an active run."""

@@ -124,6 +124,16 @@ class PostgresStore(Store):
     def delete_project(self, project_id: UUID) -> None:
         self._all("delete from projects where id = %(id)s returning id", {"id": project_id})
 
+    def release_stale_claims(
+        self, training: str, pending: str, older_than_seconds: float
+    ) -> list[Project]:
+        rows = self._all(
+            f"select {PROJECT_COLUMNS} from training_agent_release_stale_claims("
+            "%(training)s, %(pending)s, %(seconds)s)",
+            {"training": training, "pending": pending, "seconds": older_than_seconds},
+        )
+        return [Project(**row) for row in rows]
+
     def set_project_status(
         self, project_id: UUID, status: str, expected: Collection[str] | None = None
     ) -> Project:
@@ -166,6 +176,14 @@ class PostgresStore(Store):
         return Dataset(**row)
 
     # -- runs --------------------------------------------------------------------------
+    def start_run(self, pending: str, training: str, run: NewRun) -> Run | None:
+        row = self._one(
+            f"select {_RUN_COLUMNS} from training_agent_start_run(%(project_id)s, %(pending)s,"
+            " %(training)s, %(id)s, %(name)s, %(attempt)s, %(spec)s, %(model_url)s)",
+            {**run.model_dump(), "spec": Jsonb(run.spec), "pending": pending, "training": training},
+        )
+        return Run(**row) if row else None
+
     def create_run(self, run: NewRun) -> Run:
         row = self._one(
             "insert into training_runs (id, project_id, name, attempt, spec, model_url, phase)"

@@ -131,6 +131,15 @@ class SupabaseStore(Store):
     def delete_project(self, project_id: UUID) -> None:
         self._rows(self._table("projects").delete().eq("id", project_id))
 
+    def release_stale_claims(
+        self, training: str, pending: str, older_than_seconds: float
+    ) -> list[Project]:
+        arguments = {
+            "p_training": training, "p_pending": pending, "p_older_than_seconds": older_than_seconds
+        }
+        rows = self._rows(self._rest.rpc("training_agent_release_stale_claims", arguments))
+        return [Project(**row) for row in rows]
+
     def set_project_status(
         self, project_id: UUID, status: str, expected: Collection[str] | None = None
     ) -> Project:
@@ -175,6 +184,15 @@ class SupabaseStore(Store):
         return Dataset(**self._rows(self._table("datasets").insert(row))[0])
 
     # -- runs --------------------------------------------------------------------------
+    def start_run(self, pending: str, training: str, run: NewRun) -> Run | None:
+        arguments = {
+            "p_project_id": str(run.project_id), "p_pending": pending, "p_training": training,
+            "p_run_id": str(run.id), "p_name": run.name, "p_attempt": run.attempt,
+            "p_spec": run.spec, "p_model_url": run.model_url,
+        }  # fmt: skip
+        rows = self._rows(self._rest.rpc("training_agent_start_run", arguments))
+        return Run(**rows[0]) if rows else None
+
     def create_run(self, run: NewRun) -> Run:
         return Run(
             **self._rows(self._table("training_runs").insert(run.model_dump(mode="json")))[0]

@@ -111,17 +111,19 @@ def test_a_dataset_of_an_unknown_project_is_refused(store: Store, db) -> None:
 
 
 # -- the claim -----------------------------------------------------------------------------
-def test_twenty_concurrent_claims_have_exactly_one_winner(store: Store, db) -> None:
+def test_twenty_concurrent_starts_have_exactly_one_winner(store: Store, db) -> None:
     project = store.create_project("digits")
 
-    outcomes = race(20, lambda: store.claim_project(project.id, "pending_training", "training"))
+    def start() -> Any:
+        run = NewRun(project_id=project.id, name=f"train-digits-{uuid4().hex[:8]}")
+        return store.start_run("pending_training", "training", run)
 
-    winners = [o for o in outcomes if not isinstance(o, Exception)]
-    losers = [o for o in outcomes if isinstance(o, Exception)]
-    assert len(winners) == 1 and winners[0].status == "training"
-    assert len(losers) == 19
-    assert all(isinstance(error, InvalidState) and error.actual == "training" for error in losers)
+    outcomes = race(20, start)
+
+    winners = [o for o in outcomes if o is not None]
+    assert len(winners) == 1 and not any(isinstance(o, Exception) for o in outcomes)
     assert db.execute("select status from projects").fetchone() == {"status": "training"}
+    assert db.execute("select count(*) as n from training_runs").fetchone() == {"n": 1}
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -253,6 +255,54 @@ def test_the_latest_run_is_the_newest(store: Store) -> None:
     new_run(store, store.create_project("other").id)
 
     assert store.get_latest_run(project.id) == second
+
+
+def test_a_start_claims_the_project_and_records_its_run_together(store: Store) -> None:
+    project = store.create_project("digits", status="pending_training")
+    run = NewRun(project_id=project.id, name="train-digits-1", spec={"epochs": 3})
+
+    started = store.start_run("pending_training", "training", run)
+
+    assert started is not None and started.id == run.id and started.phase is Phase.QUEUED
+    assert started.spec == {"epochs": 3} and started.attempt == 1
+    assert store.get_project(project.id).status == "training"
+    assert store.get_latest_run(project.id) == started
+
+
+def test_a_start_that_lost_the_claim_records_nothing(store: Store) -> None:
+    project = store.create_project("digits", status="training")
+    run = NewRun(project_id=project.id, name="train-digits-1")
+
+    assert store.start_run("pending_training", "training", run) is None
+    assert store.get_latest_run(project.id) is None
+    assert store.start_run("pending_training", "training", run.model_copy(
+        update={"project_id": uuid4()}
+    )) is None  # no such project
+
+
+def test_a_start_beside_an_active_run_is_undone_whole(store: Store) -> None:
+    project = store.create_project("digits", status="pending_training")
+    active = new_run(store, project.id)  # recorded while the project still says pending
+
+    with pytest.raises(Conflict, match="already has an active run"):
+        store.start_run(
+            "pending_training", "training", NewRun(project_id=project.id, name="second", attempt=2)
+        )
+    assert store.get_project(project.id).status == "pending_training"  # the claim undone
+    assert store.get_latest_run(project.id) == active
+
+
+def test_only_stale_claims_without_an_active_run_are_released(store: Store) -> None:
+    stuck = store.create_project("stuck", status="training")
+    busy = store.create_project("busy", status="training")
+    new_run(store, busy.id)
+
+    assert store.release_stale_claims("training", "pending_training", 3600) == []
+    released = store.release_stale_claims("training", "pending_training", 0)
+
+    assert [p.id for p in released] == [stuck.id] and released[0].status == "pending_training"
+    assert store.get_project(stuck.id).status == "pending_training"
+    assert store.get_project(busy.id).status == "training"
 
 
 def test_projects_are_listed_newest_first_and_bounded(store: Store) -> None:
