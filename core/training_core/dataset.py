@@ -25,6 +25,7 @@ from pathlib import Path
 
 from training_core.archive import JUNK_NAMES
 from training_core.errors import InvalidInput
+from training_core.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 # The extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS);
 # repeated here so that reading a dataset does not need torch.
@@ -37,6 +38,17 @@ Sample = tuple[str, int]  # (path relative to the dataset root, class index)
 
 class InvalidDataset(InvalidInput):
     """The dataset does not have the expected layout or content; the message says what to fix."""
+
+
+class OversizedImages(InvalidDataset):
+    def __init__(self, oversized: list[tuple[str, tuple[int, int]]], total: int, limit: int) -> None:
+        shown = ", ".join(f"{path} ({width}×{height})" for path, (width, height) in oversized)
+        more = f" (and {total - len(oversized)} more)" if total > len(oversized) else ""
+        super().__init__(
+            f"{total} image(s) have more than {limit} pixels (MAX_IMAGE_PIXELS), too many to"
+            f" decode safely: {shown}{more}; resize them"
+        )
+        self.oversized = oversized
 
 
 class UnreadableImages(InvalidDataset):
@@ -84,6 +96,7 @@ def describe_dataset(
     expected_num_classes: int | None = None,
     val_split: float | None = None,
     seed: int = 0,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> DatasetDescription:
     """Check the layout and every image under ``root``; ``InvalidDataset`` says what is wrong."""
     if val_split is not None and not 0 < val_split < 1:
@@ -105,7 +118,9 @@ def describe_dataset(
         raise InvalidDataset(
             "val/ is missing: add val/<class>/ folders (or ask for a validation split)"
         )
-    sizes = _image_sizes(root, [path for listing in samples.values() for path, _ in listing])
+    sizes = _image_sizes(
+        root, [path for listing in samples.values() for path, _ in listing], max_image_pixels
+    )
     splits = {
         split: SplitDescription(split, root / split, tuple(listing), _counts(listing, classes))
         for split, listing in samples.items()
@@ -228,23 +243,30 @@ def _counts(samples: Iterable[Sample], classes: list[str]) -> dict[str, int]:
     return {name: per_index[i] for i, name in enumerate(classes) if per_index[i]}
 
 
-def _image_sizes(root: Path, paths: list[str]) -> list[tuple[int, int]]:
-    """Each image's (width, height); ``UnreadableImages`` lists those PIL cannot decode."""
+def _image_sizes(root: Path, paths: list[str], max_pixels: int) -> list[tuple[int, int]]:
+    """Each image's (width, height); ``OversizedImages`` lists those over ``max_pixels``,
+    ``UnreadableImages`` those PIL cannot decode."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(lambda path: _image_size(root / path), paths))
-    bad = [path for path, size in zip(paths, results, strict=True) if size is None]
+        results = list(pool.map(lambda path: _image_size(root / path, max_pixels), paths))
+    found = list(zip(paths, results, strict=True))
+    oversized = [(path, size) for path, size in found if size and size[0] * size[1] > max_pixels]
+    if oversized:
+        raise OversizedImages(oversized[:MAX_REPORTED_BAD_FILES], len(oversized), max_pixels)
+    bad = [path for path, size in found if size is None]
     if bad:
         raise UnreadableImages(bad[:MAX_REPORTED_BAD_FILES], len(bad))
     return [size for size in results if size is not None]
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
+def _image_size(path: Path, max_pixels: int) -> tuple[int, int] | None:
+    """The size from the header; the rest is checked only for images within ``max_pixels``."""
     from PIL import Image  # the trainer's dependency; reading a dataset's layout does not need it
 
     try:
         with Image.open(path) as image:
             size = image.size
-            image.verify()
+            if size[0] * size[1] <= max_pixels:
+                image.verify()
     except Exception:  # noqa: BLE001 - any decoder failure means "not a usable image"
         return None
     return size

@@ -27,7 +27,12 @@ def intake_dataset(
     else:
         root = workdir / "dataset"
         extract_archive(archive, root, ArchiveLimits.from_settings(settings))
-    return describe_dataset(root, expected_num_classes=expected_num_classes, val_split=val_split)
+    return describe_dataset(
+        root,
+        expected_num_classes=expected_num_classes,
+        val_split=val_split,
+        max_image_pixels=settings.max_image_pixels,
+    )
 
 
 def _fetch(source: str, workdir: Path, settings: Settings) -> Path:

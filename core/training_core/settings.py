@@ -16,6 +16,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+# PIL.Image.MAX_IMAGE_PIXELS: where PIL starts warning of a decompression bomb.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
 
 class SettingsError(ValueError):
     """A missing or malformed setting; the message names the environment variable."""
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     max_uncompressed_bytes: int = Field(50 * 2**30, gt=0)
     max_entry_bytes: int = Field(256 * 2**20, gt=0)
     max_compression_ratio: float = Field(200.0, gt=1)
+    # Pixels of one image, read from its header before any decode: PIL's own warning
+    # threshold (its error comes only at twice this, after a 12000×12000 PNG of a few KB).
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
     min_free_disk_bytes: int = Field(512 * 2**20, ge=0)
     scratch_dir: Path = Path("/tmp/training-agent/scratch")
 

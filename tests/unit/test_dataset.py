@@ -9,6 +9,7 @@ from PIL import Image
 from training_core.dataset import (
     IMG_EXTENSIONS,
     InvalidDataset,
+    OversizedImages,
     UnreadableImages,
     describe_dataset,
 )
@@ -235,3 +236,23 @@ def test_val_split_must_be_a_fraction(tmp_path: Path, fraction: float) -> None:
     root = layout(tmp_path, {"train": {"a": 2}})
     with pytest.raises(InvalidInput, match="val_split must be between 0 and 1"):
         describe_dataset(root, val_split=fraction)
+
+
+def test_images_over_the_pixel_limit_are_refused_by_name_and_size_before_decoding(
+    tmp_path: Path,
+) -> None:
+    root = layout(tmp_path, {"train": {"a": 2}, "val": {"a": 1}})
+    image(root / "train" / "a" / "wide.png", (30, 4))
+    # Over the limit and truncated: only its header is read, so it is refused for its size.
+    big = image(root / "val" / "a" / "big.png", (20, 20))
+    big.write_bytes(big.read_bytes()[:-20])  # its header whole, its pixels cut short
+
+    with pytest.raises(OversizedImages) as caught:
+        describe_dataset(root, max_image_pixels=100)
+
+    assert caught.value.oversized == [("train/a/wide.png", (30, 4)), ("val/a/big.png", (20, 20))]
+    assert "2 image(s) have more than 100 pixels (MAX_IMAGE_PIXELS)" in str(caught.value)
+    # Within the limit, the same file is decoded, and found broken.
+    with pytest.raises(UnreadableImages) as broken:
+        describe_dataset(root, max_image_pixels=400)
+    assert broken.value.bad_files == ["val/a/big.png"]

@@ -222,7 +222,11 @@ class TrainingWorkflow:
             )
             if archive.is_relative_to(scratch):
                 archive.unlink()  # the extracted copy is what counts; free the disk
-            dataset = describe_dataset(scratch / "dataset", expected_num_classes=expected)
+            dataset = describe_dataset(
+                scratch / "dataset",
+                expected_num_classes=expected,
+                max_image_pixels=self.settings.max_image_pixels,
+            )
             counts = ", ".join(f"{name} {split.total}" for name, split in dataset.splits.items())
             self.tracker.log(f"Dataset: {dataset.num_classes} classes; images: {counts}")
             return dataset

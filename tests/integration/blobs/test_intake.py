@@ -16,9 +16,9 @@ from training_core.settings import load_settings
 from typer.testing import CliRunner
 
 
-def png(size: tuple[int, int]) -> bytes:
+def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
     out = BytesIO()
-    Image.new("RGB", size, (0, 120, 0)).save(out, format="PNG")
+    Image.new(mode, size, 0).save(out, format="PNG")
     return out.getvalue()
 
 
@@ -67,6 +67,11 @@ def test_a_valid_archive_is_described(tmp_path: Path, scratch: Path) -> None:
         ({"../escape.png": b"x"}, "path escapes the archive folder"),
         ({"flowers/val/lily/1.png": png((5, 5))}, "val/ has classes that train/ lacks: lily"),
         ({"flowers/train/rose/bad.png": b"not a png"}, "1 image file(s) cannot be decoded"),
+        (  # a few KB of PNG that would decode to 144 Mpx
+            {"flowers/train/rose/huge.png": png((12_000, 12_000), mode="1")},
+            "1 image(s) have more than 89478485 pixels (MAX_IMAGE_PIXELS), too many to decode"
+            " safely: train/rose/huge.png (12000×12000)",
+        ),
     ],
 )
 def test_a_bad_dataset_is_refused_with_its_reason(
