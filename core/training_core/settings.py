@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1, le=65536)
     image_size: int = Field(224, ge=16, le=1024)
     torch_compile: Literal["auto", "on", "off"] = "auto"
+    # Besides every epoch's end and SIGTERM: a checkpoint inside an epoch this often.
+    checkpoint_interval_seconds: float = Field(300.0, gt=0, le=86_400)
 
     # --- a run's compute on Kubernetes (GKE GPU node pools) -------------------------------
     default_gpu_count: int = Field(1, ge=0, le=16)

@@ -134,8 +134,11 @@ def train_one_epoch(
     should_stop: Callable[[], bool],
     amp: bool,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint_due: Callable[[], bool] = lambda: False,
+    checkpoint: Callable[[EpochPosition], None] = lambda _: None,
 ) -> EpochPosition:
-    """Train over ``order`` from ``position`` on; stops early (position kept) when asked."""
+    """Train over ``order`` from ``position`` on; stops early (position kept) when asked, and
+    hands ``checkpoint`` the position whenever ``checkpoint_due`` says so."""
     step_model.train()
     device = transform.scale.device
     loss_sum = torch.zeros((), device=device)
@@ -157,11 +160,19 @@ def train_one_epoch(
         batches += 1
         if should_stop():
             break
+        if checkpoint_due():
+            checkpoint(_position(position, batches, loss_sum, samples, started))
+    return _position(position, batches, loss_sum, samples, started)
+
+
+def _position(
+    start: EpochPosition, batches: int, loss_sum: torch.Tensor, samples: int, started: float
+) -> EpochPosition:
     return EpochPosition(
         batches=batches,
-        loss_sum=position.loss_sum + float(loss_sum),
+        loss_sum=start.loss_sum + float(loss_sum),
         samples=samples,
-        seconds=position.seconds + time.perf_counter() - started,
+        seconds=start.seconds + time.perf_counter() - started,
     )
 
 
@@ -235,14 +246,24 @@ class Trainer:
         self,
         on_epoch_end: Callable[[EpochResult], None],
         should_stop: Callable[[], bool] = lambda: False,
+        checkpoint_due: Callable[[], bool] = lambda: False,
+        on_checkpoint: Callable[[], None] = lambda: None,
     ) -> list[EpochResult]:
-        """Train the remaining epochs; ``Interrupted`` (state kept) when a stop is asked."""
+        """Train the remaining epochs; ``Interrupted`` (state kept) when a stop is asked.
+        Between two batches where ``checkpoint_due`` says so, ``on_checkpoint`` may save
+        ``state_dict()``: a resume from it continues from that batch."""
+
+        def checkpoint(position: EpochPosition) -> None:
+            self.progress.position = position
+            on_checkpoint()
+
         while self.progress.epochs_done < self.config.epochs:
             epoch = self.progress.epochs_done + 1
             order = epoch_order(self.config.seed, epoch, self.train_size)
             position = train_one_epoch(
                 self.step_model, self.optimizer, self.train, order, self.config.batch_size,
                 self.transform, self.progress.position, should_stop, self.amp, self.lr_scheduler,
+                checkpoint_due, checkpoint,
             )  # fmt: skip
             self.progress.position = position
             if position.batches < self.batches_per_epoch:

@@ -83,6 +83,7 @@ class TrainingWorkflow:
         self.uploaded: list[str] = []  # this attempt's objects, removed if it fails
         self.checkpoints: Checkpoints | None = None
         self.run_over = False  # succeeded, failed or ended elsewhere: checkpoints can go
+        self._last_checkpoint = time.monotonic()
 
     # -- the whole run -------------------------------------------------------------------
     def run(self) -> int:
@@ -290,7 +291,12 @@ class TrainingWorkflow:
                 f"{'bf16' if trainer.amp else 'fp32'}), seed {trainer.config.seed}"
             )
             try:
-                history = trainer.fit(lambda result: self._on_epoch_end(trainer, result), self.stop)
+                history = trainer.fit(
+                    lambda result: self._on_epoch_end(trainer, result),
+                    self.stop,
+                    checkpoint_due=self._checkpoint_due,
+                    on_checkpoint=lambda: self._save_checkpoint(trainer),
+                )
             except Interrupted:
                 self._save_checkpoint(trainer)
                 raise
@@ -344,12 +350,21 @@ class TrainingWorkflow:
         self._save_checkpoint(trainer)
         self.tracker.progress(_progress(trainer, result))
 
+    def _checkpoint_due(self) -> bool:
+        """Inside an epoch, every CHECKPOINT_INTERVAL_SECONDS: a node lost without notice
+        then costs at most that much training, not the whole epoch."""
+        return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_seconds
+
     def _save_checkpoint(self, trainer: Trainer) -> None:
         assert self.checkpoints is not None
+        started = time.monotonic()
         try:
-            self.checkpoints.save(trainer.state_dict())
+            url = self.checkpoints.save(trainer.state_dict())
         except Exception as error:  # noqa: BLE001 - a lost checkpoint costs time, not the run
             log.warning("checkpoint not saved (%s); a resume starts from the previous one", error)
+        else:
+            log.info("checkpoint %s saved in %.2f s", url.rsplit("/", 1)[-1], time.monotonic() - started)
+        self._last_checkpoint = time.monotonic()
 
     def _outcome(
         self, trainer: Trainer, dataset: DatasetDescription, history: list[EpochResult],

@@ -3,6 +3,7 @@ from its last checkpoint in the bucket and finishes with exactly one model and o
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -74,6 +75,35 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
     assert objects.count(case.spec.model_url) == 1
     assert not any(".checkpoints/" in url for url in objects)  # deleted once the run ended
     assert list(case.scratch.iterdir()) == []  # the killed attempt's scratch too
+
+
+def test_a_trainer_lost_without_notice_resumes_inside_the_epoch(trainer_case: TrainerCase) -> None:
+    case = trainer_case
+    case.spec = case.spec.model_copy(update={"epochs": 3})
+    case.env = {**case.env, "CHECKPOINT_INTERVAL_SECONDS": "0.05"}  # about every batch
+
+    pointer = f"{case.spec.model_url}.checkpoints/{case.run.id}/latest.json"
+
+    def saved_inside_epoch_2() -> bool:
+        if pointer not in case.objects():
+            return False
+        latest = json.loads(case.blobs.read_bytes(pointer))
+        return latest["epochs_done"] == 1 and latest["position"]["batches"] > 0
+
+    first = case.start()
+    deadline = time.monotonic() + 180
+    while not saved_inside_epoch_2():
+        assert first.poll() is None and time.monotonic() < deadline, case.output()
+        time.sleep(0.05)
+    first.kill()  # no SIGTERM, no checkpoint on the way out
+    first.wait(timeout=30)
+
+    assert case.run_trainer() == EXIT_OK, case.output()
+    [resume] = [line for line in case.log_lines() if line.startswith("Resuming from checkpoint")]
+    found = re.fullmatch(r"Resuming from checkpoint: 1/3 epochs done and (\d+) batches of epoch 2", resume)
+    assert found and int(found.group(1)) > 0, resume
+    assert len(case.store.get_models(case.project.id)) == 1
+    assert not any(".checkpoints/" in url for url in case.objects())
 
 
 def test_a_model_uploaded_before_a_crash_is_recorded_not_retrained(

@@ -94,3 +94,35 @@ def test_an_interrupted_run_resumes_to_the_same_weights() -> None:
     assert [r.epoch for r in history] == [1, 2, 3]
     for name, value in uninterrupted.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_checkpoints_inside_an_epoch_change_nothing_and_resume_from_their_batch() -> None:
+    uninterrupted = _trainer()
+    uninterrupted.fit(lambda _: None)
+
+    checkpointed = _trainer()
+    batches = 0
+    saved: list[bytes] = []
+
+    def due() -> bool:
+        nonlocal batches
+        batches += 1
+        return batches in (13, 27)  # in epochs 2 and 3
+
+    def save() -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpointed.state_dict(), buffer)
+        saved.append(buffer.getvalue())
+
+    checkpointed.fit(lambda _: None, checkpoint_due=due, on_checkpoint=save)
+    assert len(saved) == 2
+    for name, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(value, checkpointed.model.state_dict()[name]), name  # undisturbed
+
+    resumed = _trainer(seed=99)  # the node was lost after the first of them
+    resumed.load_state_dict(torch.load(io.BytesIO(saved[0]), weights_only=True))
+    assert resumed.progress.epochs_done == 1 and resumed.progress.position.batches == 3
+    history = resumed.fit(lambda _: None)
+    assert [r.epoch for r in history] == [1, 2, 3]
+    for name, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
