@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from training_core.blobs import parse_url
 from training_core.domain import Dataset, Phase, Project, Run, run_name
 from training_core.errors import InvalidInput
-from training_core.runspec import SUPPORTED_MODELS, RunSpec, default_resources, model_url_for
+from training_core.runspec import (
+    MIN_CLASSES,
+    SUPPORTED_MODELS,
+    RunSpec,
+    default_resources,
+    model_url_for,
+)
 from training_core.settings import Settings
 from training_api.errors import ApiError
 
@@ -77,7 +83,7 @@ def _rules(settings: Settings) -> list[tuple[str, Callable[[Any], bool], str]]:
             f"between 1 and {settings.max_batch_size}",
         ),
         ("image_size", lambda v: 16 <= v <= 1024, "between 16 and 1024"),
-        ("num_classes", lambda v: v is None or v >= 2, "at least 2"),
+        ("num_classes", lambda v: v is None or v >= MIN_CLASSES, f"at least {MIN_CLASSES}"),
         ("seed", lambda v: v is None or 0 <= v < 2**32, "between 0 and 2^32 - 1"),
     ]
 

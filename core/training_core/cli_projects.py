@@ -14,7 +14,6 @@ import typer
 from training_core.runspec import EXIT_DO_NOT_RETRY, SUPPORTED_MODELS
 
 if TYPE_CHECKING:
-    from training_core.localstack import LocalStack
     from training_core.domain import Project
     from training_core.registration import Registered, TrainingOptions
     from training_core.settings import Settings
@@ -98,9 +97,10 @@ def opened_store(local: bool) -> Iterator[tuple[Settings, Store]]:
     """The settings and store the API uses: with ``local``, those of ``serve --local`` (the
     environment still wins), its database started if needed and stopped again after."""
     from training_core.cli import settings_or_exit
+    from training_core.localstack import use_local_stack
     from training_core.store import open_store
 
-    stack = _local_stack() if local else None
+    stack = use_local_stack() if local else None
     try:
         settings = settings_or_exit()
         store = open_store(settings)
@@ -111,12 +111,6 @@ def opened_store(local: bool) -> Iterator[tuple[Settings, Store]]:
     finally:
         if stack is not None:
             stack.stop()  # only if this process started it
-
-
-def _local_stack() -> LocalStack:
-    from training_core.localstack import use_local_stack
-
-    return use_local_stack()
 
 
 def _metadata_or_usage_error(chosen: TrainingOptions) -> dict[str, Any]:

@@ -26,14 +26,13 @@ from training_core.dataset import InvalidDataset
 from training_core.domain import Dataset, Project, safe_name
 from training_core.errors import AgentError, BlobNotFound, InvalidInput
 from training_core.intake import intake_dataset
-from training_core.runspec import SUPPORTED_MODELS, RunSpec
+from training_core.runspec import MIN_CLASSES, SUPPORTED_MODELS, RunSpec
 from training_core.settings import Settings
 from training_core.store import Store
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip", ".tar")
-MIN_CLASSES = 2  # a classifier's least; the API refuses a project whose num_classes is lower
 DATASET_SOURCE = "cli"  # datasets.source of the rows this module writes
 
 

@@ -38,6 +38,7 @@ SUPPORTED_MODELS = (
     "efficientnet_v2_s",
     "convnext_tiny",
 )
+MIN_CLASSES = 2  # a classifier's least: the API, registration and the trainer refuse fewer
 
 
 class Resources(BaseModel):

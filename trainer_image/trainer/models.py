@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from training_core.errors import InvalidInput
-from training_core.runspec import SUPPORTED_MODELS
+from training_core.runspec import MIN_CLASSES, SUPPORTED_MODELS
 
 # ``"imagenet"``: torchvision's default ImageNet weights from the local hub cache;
 # a ``Path``: a state_dict file (plain, or a model artifact of ours); ``None``: from scratch.
@@ -28,8 +28,8 @@ def get_supported_models() -> list[str]:
 def create_model(name: str, num_classes: int, weights: Weights = None) -> nn.Module:
     """Build ``name`` with a fresh ``num_classes``-way last layer, on the CPU."""
     check_model_name(name)
-    if num_classes < 2:
-        raise InvalidInput(f"a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes < MIN_CLASSES:
+        raise InvalidInput(f"a classifier needs at least {MIN_CLASSES} classes, got {num_classes}")
     model = torchvision.models.get_model(name, weights=None)
     state = None
     if weights == "imagenet":

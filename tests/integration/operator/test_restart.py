@@ -30,8 +30,5 @@ def test_operator_restarted_mid_run_converges_without_duplicates(
     lines = workspace.log_lines(project)
     assert lines[-1] == f"Job {run.name}: training started"
     assert len(lines) == len(set(lines)), lines  # no line written twice
-    assert sorted(set(workspace.event_reasons(run.name)) & {"JobCreated", "PodRunning"}) == [
-        "JobCreated", "PodRunning",
-    ]
     assert workspace.event_reasons(run.name).count("JobCreated") == 1
     assert workspace.event_reasons(run.name).count("PodRunning") == 1
