@@ -35,6 +35,15 @@ Errors have one shape: `{"success": false, "error": {"code": "...", "message": "
 """
 
 
+def check_access(settings: Settings, *, allow_anonymous: bool) -> None:
+    """Refuse to serve without tokens, unless anonymous access is asked for on purpose."""
+    if not settings.api_tokens and not allow_anonymous:
+        raise SettingsError(
+            "API_TOKENS is empty: set at least one token, or allow anonymous access on purpose"
+            " (training-agent serve --insecure)"
+        )
+
+
 def create_app(
     settings: Settings,
     store: Store | None = None,
@@ -46,11 +55,7 @@ def create_app(
 
     Without ``API_TOKENS`` it refuses to start, unless ``allow_anonymous`` says so on purpose.
     """
-    if not settings.api_tokens and not allow_anonymous:
-        raise SettingsError(
-            "API_TOKENS is empty: set at least one token, or allow anonymous access on purpose"
-            " (training-agent serve --insecure)"
-        )
+    check_access(settings, allow_anonymous=allow_anonymous)
     if not settings.api_tokens:
         log.warning("API_TOKENS is empty: the API accepts anonymous requests")
     owned_store = store is None

@@ -1,16 +1,20 @@
 """Prometheus metrics: requests by route and status, latency, runs started and failed, and
 MCP tool calls by tool and outcome.
 
-Each app has its own registry (several apps can live in one process, as in the tests).
+Each app has its own registry (several apps can live in one process, as in the tests); with
+several worker processes (``API_WORKERS``) the values live in ``PROMETHEUS_MULTIPROC_DIR`` and
+``/metrics`` adds up every worker's.
 The route label is the route's template (``/agents/training/status/{project_id}``), never the
 raw path, so ids cannot blow up the number of series.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -57,6 +61,10 @@ class ApiMetrics:
         )
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: every one's counts
+            pooled = CollectorRegistry()
+            MultiProcessCollector(pooled)
+            return generate_latest(pooled)
         return generate_latest(self.registry)
 
 

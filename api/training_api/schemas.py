@@ -13,7 +13,8 @@ from training_core.runspec import SUPPORTED_MODELS
 from training_api import decisions
 
 if TYPE_CHECKING:
-    from training_api.service import Started, Status
+    from training_api.service import Started
+    from training_core.store import ProjectStatus
 
 SupportedModel = Literal[SUPPORTED_MODELS]  # type: ignore[valid-type]
 
@@ -215,7 +216,7 @@ class StatusResponse(BaseModel):
     logs: list[LogView] = Field(description="The newest agent_logs lines, newest first.")
 
     @classmethod
-    def of(cls, found: Status) -> StatusResponse:
+    def of(cls, found: ProjectStatus) -> StatusResponse:
         run = found.run
         return cls(
             project_id=found.project.id,

@@ -19,13 +19,13 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from training_core.dataset import DatasetDescription
 from training_core.domain import ACTIVE_PHASES, Dataset, LogEntry, ModelRecord, Phase, Project, Run
-from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound
+from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound, StoreUnavailable
 from training_core.intake import intake_dataset
 from training_core.launchers import Launcher, LauncherUnavailable
 from training_core.logs import bind
 from training_core.runspec import RunSpec, model_url_for
 from training_core.settings import Settings
-from training_core.store import NewRun, RunUpdate, Store
+from training_core.store import NewRun, ProjectStatus, RunUpdate, Store
 from training_api import decisions
 from training_api.errors import ApiError, unavailable
 from training_api.metrics import ApiMetrics
@@ -40,13 +40,6 @@ RUN_VISIBLE_WITHIN_SECONDS = 3.0
 class Started:
     run: Run
     created: bool
-
-
-@dataclass(frozen=True)
-class Status:
-    project: Project
-    run: Run | None
-    logs: list[LogEntry]
 
 
 @dataclass(frozen=True)
@@ -122,11 +115,17 @@ class TrainingService:
             ) from None
         if run is None:
             return None
-        self.store.log(
-            project.id,
-            f"Training run {run.name} queued: {spec.model}, {spec.epochs} epochs, batch"
-            f" {spec.batch_size}, learning rate {spec.learning_rate:g}; model → {spec.model_url}",
-        )
+        # The run is recorded and the project claimed: an outage beginning now must not stop
+        # the launch (nothing else would launch it), so the line is given up instead.
+        try:
+            self.store.log(
+                project.id,
+                f"Training run {run.name} queued: {spec.model}, {spec.epochs} epochs, batch"
+                f" {spec.batch_size}, learning rate {spec.learning_rate:g};"
+                f" model → {spec.model_url}",
+            )
+        except StoreUnavailable as error:
+            log.warning("run %s recorded; its queued line was not written: %s", run.name, error)
         return run, spec
 
     def _launch(self, project: Project, run: Run, spec: RunSpec) -> None:
@@ -198,17 +197,18 @@ class TrainingService:
         )
 
     # -- status --------------------------------------------------------------------------
-    def status(self, project_id: str, logs: int) -> Status:
+    def status(self, project_id: str, logs: int) -> ProjectStatus:
         if not 0 <= logs <= self.settings.status_logs_max:
             raise ApiError(
                 422,
                 "invalid_parameter",
                 f"logs must be between 0 and {self.settings.status_logs_max}",
             )
-        project = self._project(project_id)
-        run = self.store.get_latest_run(project.id)
-        entries = self.store.get_logs(project.id, logs) if logs else []
-        return Status(project=project, run=run, logs=entries)
+        uuid = decisions.parse_project_id(project_id)
+        try:
+            return self.store.get_status(uuid, logs)  # one round trip: the busiest call
+        except NotFound:
+            raise _project_not_found(uuid) from None
 
     # -- cancel --------------------------------------------------------------------------
     def cancel(self, project_id: str) -> tuple[Run, Project]:
@@ -297,9 +297,13 @@ class TrainingService:
         try:
             return self.store.get_project(uuid)
         except NotFound:
-            raise ApiError(404, "project_not_found", f"project {uuid} not found") from None
+            raise _project_not_found(uuid) from None
 
     def _refused(self, project: Project, error: ApiError) -> ApiError:
         """Write the refusal to the project's agent_logs too, then hand it back to raise."""
         self.store.log(project.id, f"Request refused ({error.code}): {error.message}", "warning")
         return error
+
+
+def _project_not_found(project_id: UUID) -> ApiError:
+    return ApiError(404, "project_not_found", f"project {project_id} not found")

@@ -80,6 +80,7 @@ class DatasetDescription:
     min_size: tuple[int, int]  # smallest width and smallest height seen
     max_size: tuple[int, int]  # largest width and largest height seen
     val_from_train: bool
+    largest_image_pixels: int = 0  # what decoding the biggest image costs, before any resize
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +137,7 @@ def describe_dataset(
         min_size=(min(widths), min(heights)),
         max_size=(max(widths), max(heights)),
         val_from_train=carve,
+        largest_image_pixels=max(width * height for width, height in sizes),
     )
 
 

@@ -37,6 +37,10 @@ class BlobError(AgentError):
     """A blob storage operation failed for good (after retries where they apply)."""
 
 
+class BlobUnavailable(BlobError):
+    """The bucket could not be reached (or kept failing) through every retry; later may work."""
+
+
 class BlobNotFound(BlobError, NotFound):
     def __init__(self, url: str) -> None:
         NotFound.__init__(self, "object", url)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = None
     store_timeout_seconds: float = Field(10.0, gt=0, le=300)
     store_pool_size: int = Field(10, ge=1, le=200)
+    # How long a trainer waits for a store that went away before the writes it cannot go
+    # on without (its start, its outcome); then it exits to be retried, the model kept.
+    store_retry_seconds: float = Field(120.0, ge=0, le=86_400)
 
     # --- where the blobs live ---------------------------------------------------------
     # A bucket URL: ``gs://my-bucket`` in the cloud or ``file:///srv/bucket`` on one machine.
@@ -94,6 +97,9 @@ class Settings(BaseSettings):
     status_logs_default: int = Field(20, ge=0, le=500)
     status_logs_max: int = Field(200, ge=1, le=5000)
     public_base_url: str = ""
+    # Worker processes of `training-agent serve`; more than one needs LAUNCHER=kubernetes (the
+    # local launcher's trainers are children of the one API process).
+    api_workers: int = Field(1, ge=1, le=64)
     # A project `training` this long with no active run is released (back to pending): what
     # an interrupted start of an older agent, or the platform, left behind.
     stale_claim_seconds: float = Field(600.0, ge=1, le=7 * 86_400)
@@ -156,6 +162,11 @@ class Settings(BaseSettings):
         ):
             raise ValueError(
                 "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are required when STORE_BACKEND=supabase"
+            )
+        if self.api_workers > 1 and self.launcher == "local":
+            raise ValueError(
+                "API_WORKERS above 1 needs LAUNCHER=kubernetes: the local launcher's trainers"
+                " belong to one API process"
             )
         return self
 

@@ -31,6 +31,8 @@ from training_core.errors import InvalidInput
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RAM_FRACTION = 0.5  # of available RAM the cache may take
+# An image being decoded holds its full-size pixels as RGB(A) and a converted copy.
+DECODE_BYTES_PER_PIXEL = 8
 GPU_FRACTION = 0.3  # of free GPU memory: the rest is for the model and its activations
 CROP_SCALE = (0.7, 1.0)  # light: a crop keeps most of the image (and the object in it)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -54,19 +56,39 @@ class PipelinePlan:
     mode: Literal["cache", "stream"]
     cache_device: str | None
     reason: str
+    decoders: int = 1  # images decoded at once (cache: threads; stream: DataLoader workers)
 
 
 def plan_pipeline(
-    num_images: int, image_size: int, *, ram_budget: int, gpu_budget: int | None
-) -> PipelinePlan:
-    """Decide where the decoded images live: GPU cache, RAM cache, or streamed from disk."""
+    num_images: int, image_size: int, *, ram_budget: int, gpu_budget: int | None,
+    largest_image_pixels: int = 0, cpus: int | None = None,
+) -> PipelinePlan:  # fmt: skip
+    """Decide where the decoded images live (GPU cache, RAM cache, or streamed from disk) and
+    how many images are decoded at once."""
     needed = num_images * 3 * image_size * image_size
+    cpus = cpus or os.cpu_count() or 1
     size = f"{num_images} images × {image_size}² px = {_mib(needed)}"
     if gpu_budget is not None and needed <= gpu_budget:
-        return PipelinePlan("cache", "cuda", f"{size} fit the GPU budget of {_mib(gpu_budget)}")
+        decoders = decoder_count(largest_image_pixels, ram_budget, min(32, cpus * 2))
+        return PipelinePlan(
+            "cache", "cuda", f"{size} fit the GPU budget of {_mib(gpu_budget)}", decoders
+        )
     if needed <= ram_budget:
-        return PipelinePlan("cache", "cpu", f"{size} fit the RAM budget of {_mib(ram_budget)}")
-    return PipelinePlan("stream", None, f"{size} exceed the RAM budget of {_mib(ram_budget)}")
+        decoders = decoder_count(largest_image_pixels, ram_budget - needed, min(32, cpus * 2))
+        return PipelinePlan(
+            "cache", "cpu", f"{size} fit the RAM budget of {_mib(ram_budget)}", decoders
+        )
+    decoders = decoder_count(largest_image_pixels, ram_budget, min(8, max(1, cpus - 1)))
+    return PipelinePlan(
+        "stream", None, f"{size} exceed the RAM budget of {_mib(ram_budget)}", decoders
+    )
+
+
+def decoder_count(largest_image_pixels: int, ram_budget: int, most: int) -> int:
+    """Up to ``most`` images decoded at once (what the cores can use), but never more
+    full-size decodes of the largest image than ``ram_budget`` holds."""
+    per_image = max(1, largest_image_pixels * DECODE_BYTES_PER_PIXEL)
+    return max(1, min(most, ram_budget // per_image))
 
 
 def memory_budgets(device: torch.device) -> tuple[int, int | None]:
@@ -130,8 +152,11 @@ class BatchSource(Protocol):
 class CachedImages:
     """The decoded split in one tensor (on the GPU when it fits): batches are slices."""
 
-    def __init__(self, split: Split, size: int, device: torch.device, cache_device: str) -> None:
-        images = decode_all(split.paths, size)
+    def __init__(
+        self, split: Split, size: int, device: torch.device, cache_device: str,
+        threads: int | None = None,
+    ) -> None:  # fmt: skip
+        images = decode_all(split.paths, size, threads)
         labels = torch.tensor(split.labels, dtype=torch.int64)
         self.device = device
         if cache_device == "cuda":
@@ -206,9 +231,8 @@ class StreamedImages:
 def open_split(split: Split, size: int, device: torch.device, plan: PipelinePlan) -> BatchSource:
     if plan.mode == "cache":
         assert plan.cache_device is not None
-        return CachedImages(split, size, device, plan.cache_device)
-    workers = min(8, max(1, (os.cpu_count() or 2) - 1))
-    return StreamedImages(split, size, device, workers)
+        return CachedImages(split, size, device, plan.cache_device, plan.decoders)
+    return StreamedImages(split, size, device, plan.decoders)
 
 
 class DeviceTransform:

@@ -10,8 +10,9 @@ Exit codes (the Job's pod failure policy and the local launcher read them):
   unsupported model, missing weights, a project not claimed for this run — whose status is
   then left alone —, an upload refused …). Retrying cannot help.
 * ``75`` (``EXIT_RETRY``) — interrupted (SIGTERM: node preemption, cancel) after saving a
-  checkpoint, or the store could not be reached to record the outcome. Run it again: it
-  resumes from the last checkpoint.
+  checkpoint, or the store or the bucket stayed unreachable through their retries (the
+  store: ``STORE_RETRY_SECONDS``). Run it again: it resumes from the last checkpoint, and
+  a model already uploaded is recorded, not trained again.
 * ``2`` — the settings or the run's environment are malformed (nothing was touched).
 """
 
@@ -33,6 +34,7 @@ from trainer.tracking import StoreTracker
 from trainer.workflow import TrainingWorkflow
 
 EXIT_USAGE = EXIT_MISCONFIGURED
+STOPPING_FLUSH_SECONDS = 2.0
 log = logging.getLogger("trainer")
 
 
@@ -59,8 +61,10 @@ def main() -> int:
         except StoreUnavailable as error:
             log.error("the store is unavailable (%s): exiting to be retried", error)
             return EXIT_RETRY
+        tracker = StoreTracker(store, settings, spec, stopping=stop)
         try:
-            tracker = StoreTracker(store, settings, spec)
             return TrainingWorkflow(spec, settings, open_blob_store(settings), tracker, stop).run()
         finally:
+            # Stopping (SIGTERM): the grace period is short, the checkpoint already saved.
+            tracker.close(timeout=STOPPING_FLUSH_SECONDS if stop() else settings.store_retry_seconds)
             store.close()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from rich.console import Console
 from training_core.domain import ACTIVE_PHASES, Phase, Progress
@@ -16,7 +18,13 @@ from training_core.runspec import RunSpec
 from training_core.settings import Settings
 from training_core.store import RunUpdate, Store
 
+from trainer.outbox import Outbox, retry_through_outage
+
 log = logging.getLogger("trainer")
+T = TypeVar("T")
+# A retried log line already in the store since shortly before it was first sent is the
+# same line, whose first try landed and lost its answer: it is not written twice.
+SAME_LINE_WINDOW = timedelta(seconds=5)
 
 
 class RunEnded(Exception):
@@ -57,24 +65,38 @@ class Tracker(ABC):
     @abstractmethod
     def fail(self, message: str) -> None: ...
 
+    def close(self, timeout: float) -> None:
+        """Send what is still pending, waiting at most ``timeout`` seconds."""
+
 
 class StoreTracker(Tracker):
-    """The store-backed run: agent_logs, the run's phase and progress, models, project status."""
+    """The store-backed run: agent_logs, the run's phase and progress, models, project status.
 
-    def __init__(self, store: Store, settings: Settings, spec: RunSpec) -> None:
+    Log lines and progress go through an :class:`Outbox`, so a store outage never stops
+    training; the start and the outcome wait for the store (``STORE_RETRY_SECONDS``), then
+    give up with ``StoreUnavailable``: the program exits to be retried, the model kept.
+    """
+
+    def __init__(
+        self, store: Store, settings: Settings, spec: RunSpec,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:  # fmt: skip
         self.store, self.settings, self.spec = store, settings, spec
         self.project_id = str(spec.project_id)
         self.owns_project = False  # set once the project is seen in our 'training' status
+        self.stopping = stopping
+        self._ended: str | None = None  # the phase another party ended the run in
+        self._outbox = Outbox(on_error=self._write_refused)
 
     def begin(self) -> bool:
         try:
-            run = self.store.get_run(self.spec.run_id)
+            run = self._waiting(lambda: self.store.get_run(self.spec.run_id))
         except NotFound:
             raise InvalidInput(f"run {self.spec.run_id} is not recorded") from None
         if run.phase.is_terminal:
             log.info("run %s is already %s: nothing to do", run.name, run.phase)
             return False
-        project = self.store.get_project(self.spec.project_id)
+        project = self._waiting(lambda: self.store.get_project(self.spec.project_id))
         if project.status != self.settings.status_training:
             raise InvalidInput(
                 f"project {project.id} is '{project.status}', expected "
@@ -82,15 +104,16 @@ class StoreTracker(Tracker):
             )
         self.owns_project = True
         self._project = ProjectInfo(project.name, _expected_classes(project.metadata))
+        running = RunUpdate(phase=Phase.RUNNING)
         try:
-            self.store.update_run(run.id, RunUpdate(phase=Phase.RUNNING), expected=ACTIVE_PHASES)
+            self._waiting(lambda: self.store.update_run(run.id, running, expected=ACTIVE_PHASES))
         except InvalidState:
             return False  # ended (cancelled) between the two reads
         return True
 
     def project(self) -> ProjectInfo:
         try:
-            dataset = self.store.get_dataset(self.spec.project_id)
+            dataset = self._waiting(lambda: self.store.get_dataset(self.spec.project_id))
         except NotFound:
             return self._project  # the spec's URL is what counts; the row is only a description
         size = f", {dataset.size / 2**20:.1f} MiB" if dataset.size else ""
@@ -100,57 +123,94 @@ class StoreTracker(Tracker):
 
     def log(self, message: str, level: str = "info") -> None:
         log.log(logging.getLevelName(level.upper()), message)
-        self.store.log(self.spec.project_id, message, level, agent=self.settings.agent_name)
+        queued = datetime.now(UTC)
+
+        def write(retry: bool) -> None:
+            if not (retry and self._logged_since(message, queued)):
+                self.store.log(self.spec.project_id, message, level, agent=self.settings.agent_name)
+
+        self._outbox.put(write)
 
     def progress(self, progress: Progress) -> None:
+        if self._ended:
+            raise RunEnded(f"the run is {self._ended}")
         update = RunUpdate(progress=progress.model_dump(exclude_none=True))
-        try:
-            self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES)
-        except InvalidState as error:
-            raise RunEnded(f"the run is {error.actual}") from None
+        self._outbox.put(
+            lambda _retry: self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES),
+            key="progress",
+        )
 
     def succeed(
         self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress
     ) -> None:
-        self.store.insert_model(
-            project_id=self.spec.project_id, run_id=self.spec.run_id, name=name,
-            gcs_url=model_url, framework="pytorch", metadata=metadata,
-        )  # fmt: skip
+        self._outbox.flush(self.settings.store_retry_seconds)
+        self._waiting(
+            lambda: self.store.insert_model(
+                project_id=self.spec.project_id, run_id=self.spec.run_id, name=name,
+                gcs_url=model_url, framework="pytorch", metadata=metadata,
+            )  # fmt: skip
+        )  # one row per run: a retried insert returns the first
         update = RunUpdate(
             phase=Phase.SUCCEEDED,
             progress=progress.model_dump(exclude_none=True),
             model_url=model_url,
         )
         try:
-            self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES)
-        except InvalidState as error:
-            self.log(
-                f"The run was {error.actual} before it finished; the model stays at {model_url}",
-                "warning",
+            self._waiting(
+                lambda: self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES)
             )
-            return
+        except InvalidState as error:
+            if error.actual != Phase.SUCCEEDED:  # Succeeded: our try landed, its answer lost
+                self.log(
+                    f"The run was {error.actual} before it finished; the model stays at {model_url}",
+                    "warning",
+                )
+                return
         self._set_project_status(self.settings.status_trained)
 
     def fail(self, message: str) -> None:
         self.log(message, "error")
+        self._outbox.flush(self.settings.store_retry_seconds)
+        failed = RunUpdate(phase=Phase.FAILED, error=message)
         try:
-            self.store.update_run(
-                self.spec.run_id,
-                RunUpdate(phase=Phase.FAILED, error=message),
-                expected=ACTIVE_PHASES,
+            self._waiting(
+                lambda: self.store.update_run(self.spec.run_id, failed, expected=ACTIVE_PHASES)
             )
         except (InvalidState, NotFound):
             return  # already ended (e.g. cancelled), or never recorded: nothing of ours to fail
         if self.owns_project:
             self._set_project_status(self.settings.status_failed)
 
-    def _set_project_status(self, status: str) -> None:
+    def close(self, timeout: float) -> None:
         try:
-            self.store.set_project_status(
-                self.spec.project_id, status, expected=[self.settings.status_training]
+            self._outbox.flush(timeout)
+        except StoreUnavailable as error:
+            log.warning("exiting with store writes unsent: %s", error)
+        self._outbox.close()
+
+    def _set_project_status(self, status: str) -> None:
+        expected = [self.settings.status_training]
+        try:
+            self._waiting(
+                lambda: self.store.set_project_status(self.spec.project_id, status, expected=expected)
             )
         except InvalidState as error:
-            log.warning("project status left as '%s' (not ours to change)", error.actual)
+            if error.actual != status:  # ``status``: our own try landed, its answer lost
+                log.warning("project status left as '%s' (not ours to change)", error.actual)
+
+    def _waiting(self, call: Callable[[], T]) -> T:
+        return retry_through_outage(call, self.settings.store_retry_seconds, self.stopping)
+
+    def _logged_since(self, message: str, queued: datetime) -> bool:
+        recent = self.store.get_logs(self.spec.project_id, limit=50)
+        since = queued - SAME_LINE_WINDOW
+        return any(e.message == message and e.created_at and e.created_at >= since for e in recent)
+
+    def _write_refused(self, error: Exception) -> None:
+        if isinstance(error, InvalidState):
+            self._ended = str(error.actual)  # e.g. cancelled: the next progress() stops the run
+        else:
+            log.warning("a store write was refused: %s", error)
 
 
 class ConsoleTracker(Tracker):

@@ -27,7 +27,13 @@ from training_core.archive import ArchiveLimits, extract_archive
 from training_core.blobs import BlobStore, parse_url
 from training_core.dataset import DatasetDescription, describe_dataset
 from training_core.domain import Progress
-from training_core.errors import BlobExists, BlobNotFound, InvalidInput, StoreUnavailable
+from training_core.errors import (
+    BlobExists,
+    BlobNotFound,
+    BlobUnavailable,
+    InvalidInput,
+    StoreUnavailable,
+)
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
 from training_core.settings import Settings
 
@@ -112,6 +118,14 @@ class TrainingWorkflow:
             return EXIT_OK
         except StoreUnavailable as error:
             log.error("the store is unavailable (%s): exiting to be retried", error)
+            return EXIT_RETRY
+        except BlobUnavailable as error:
+            with suppress(StoreUnavailable):
+                self.tracker.log(
+                    f"The bucket is unavailable at step '{self.step}' ({error}); the run "
+                    "resumes from its last checkpoint",
+                    "warning",
+                )
             return EXIT_RETRY
         except Exception as error:
             log.debug("step %s failed", self.step, exc_info=True)
@@ -276,7 +290,7 @@ class TrainingWorkflow:
     ) -> Outcome:
         with self._step("train"):
             splits = {name: _split(dataset, name) for name in dataset.splits}
-            sources = self._open_sources(splits, device)
+            sources = self._open_sources(splits, device, dataset.largest_image_pixels)
             config = TrainConfig(
                 epochs=self.spec.epochs, learning_rate=self.spec.learning_rate,
                 batch_size=self.spec.batch_size, seed=seed, compile=self.settings.torch_compile,
@@ -306,20 +320,25 @@ class TrainingWorkflow:
             validation = trainer.evaluate(sources["val"], len(splits["val"]))
             return self._outcome(trainer, dataset, history, validation, test, scratch)
 
-    def _open_sources(self, splits: dict[str, Split], device: torch.device) -> dict[str, Any]:
+    def _open_sources(
+        self, splits: dict[str, Split], device: torch.device, largest_image_pixels: int
+    ) -> dict[str, Any]:
         ram, gpu = memory_budgets(device)
         plan = plan_pipeline(
             sum(len(s) for s in splits.values()),
             self.spec.image_size,
             ram_budget=ram,
             gpu_budget=gpu,
+            largest_image_pixels=largest_image_pixels,
         )
         where = (
             f"decoded-image cache in {plan.cache_device} memory"
             if plan.mode == "cache"
             else "streaming DataLoader"
         )
-        self.tracker.log(f"Input pipeline: {where} ({plan.reason})")
+        self.tracker.log(
+            f"Input pipeline: {where}, {plan.decoders} images decoded at once ({plan.reason})"
+        )
         started = time.monotonic()
         sources = {
             name: open_split(split, self.spec.image_size, device, plan)

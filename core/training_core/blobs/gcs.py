@@ -45,6 +45,7 @@ from training_core.errors import (
     BlobExists,
     BlobNotFound,
     BlobTooLarge,
+    BlobUnavailable,
     ChecksumMismatch,
     InvalidInput,
 )
@@ -350,6 +351,8 @@ def _translate(action: str, url: str, error: Exception, attempts: int) -> BlobEr
     tries = f" after {attempts} attempts" if is_transient(error) and attempts > 1 else ""
     if isinstance(error, DataCorruption):
         return ChecksumMismatch(f"{action} {url} failed{tries}: {_describe(error)}")
+    if is_transient(error):
+        return BlobUnavailable(f"{action} {url} failed{tries}: {_describe(error)}")
     return BlobError(f"{action} {url} failed{tries}: {_describe(error)}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -23,6 +24,25 @@ from training_core.domain import (
     Project,
     Run,
 )
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    """What a status call answers: the project, its latest run, its newest log lines."""
+
+    project: Project
+    run: Run | None
+    logs: list[LogEntry]
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> ProjectStatus:
+        """From the JSON of ``training_agent_status`` (supabase/migrations), either adapter's."""
+        run = document.get("run")
+        return cls(
+            Project(**document["project"]),
+            Run(**run) if run else None,
+            [LogEntry(**entry) for entry in document.get("logs") or []],
+        )
 
 
 class NewRun(BaseModel):
@@ -169,6 +189,12 @@ class Store(ABC):
     @abstractmethod
     def get_logs(self, project_id: UUID, limit: int = 20) -> list[LogEntry]:
         """The newest ``limit`` lines, newest first."""
+
+    # -- the status page ---------------------------------------------------------------
+    @abstractmethod
+    def get_status(self, project_id: UUID, logs: int = 20) -> ProjectStatus:
+        """The project, its latest run and its newest ``logs`` lines, in one round trip;
+        ``NotFound`` when there is no such project."""
 
     # -- health ------------------------------------------------------------------------
     @abstractmethod

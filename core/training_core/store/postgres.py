@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
 from training_core.errors import AgentError, InvalidInput, InvalidState, NotFound, StoreUnavailable
-from training_core.store.base import NewRun, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
 from training_core.store.common import MODEL_COLUMNS as _MODEL_COLUMNS
 from training_core.store.common import PROJECT_COLUMNS
 from training_core.store.common import RUN_COLUMNS as _RUN_COLUMNS
@@ -53,6 +53,9 @@ class PostgresStore(Store):
                 "options": f"-c statement_timeout={int(timeout * 1000)}",
             },
             name="training-agent",
+            # A connection is checked as it leaves the pool: after a database restart the
+            # dead ones are replaced there, instead of failing the caller's first statement.
+            check=ConnectionPool.check_connection,
         )
         self._pool.open(wait=False)
 
@@ -310,6 +313,16 @@ class PostgresStore(Store):
         return [LogEntry(**row) for row in rows]
 
     # -- health ------------------------------------------------------------------------
+    # -- the status page ---------------------------------------------------------------
+    def get_status(self, project_id: UUID, logs: int = 20) -> ProjectStatus:
+        row = self._one(
+            "select training_agent_status(%(id)s, %(logs)s) as status",
+            {"id": project_id, "logs": max(0, logs)},
+        )
+        if row is None or row["status"] is None:
+            raise NotFound("project", project_id)
+        return ProjectStatus.from_document(row["status"])
+
     def ping(self) -> None:
         self._one("select 1 as ok", {})
 

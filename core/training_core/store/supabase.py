@@ -25,7 +25,7 @@ from training_core.errors import (
     NotFound,
     StoreUnavailable,
 )
-from training_core.store.base import NewRun, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
 from training_core.store.common import (
     ACTIVE_PHASE_VALUES,
     DATASET_COLUMNS,
@@ -322,6 +322,15 @@ class SupabaseStore(Store):
             .limit(max(0, limit))
         )
         return [LogEntry(**row) for row in rows]
+
+    # -- the status page ---------------------------------------------------------------
+    def get_status(self, project_id: UUID, logs: int = 20) -> ProjectStatus:
+        arguments = {"p_project_id": str(project_id), "p_logs": max(0, logs)}
+        # A function returning one JSON value: the answer is that value, not rows.
+        document: Any = self._rows(self._rest.rpc("training_agent_status", arguments))
+        if not document:
+            raise NotFound("project", project_id)
+        return ProjectStatus.from_document(document)
 
     # -- health ------------------------------------------------------------------------
     def ping(self) -> None:

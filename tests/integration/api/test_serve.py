@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.api.conftest import TOKEN, wait_for
 
@@ -66,3 +67,42 @@ def test_serve_answers_over_http_and_stops_cleanly(database_url, tmp_path):
     assert process.returncode in (0, -15)
     assert "Application shutdown complete" in output
     assert TOKEN not in output and database_url not in output
+
+
+def test_several_workers_serve_and_count_their_requests_together(
+    database_url, tmp_path, training_cluster, kube_namespace
+):
+    port = free_port()
+    env = {
+        "DATABASE_URL": database_url, "API_TOKENS": TOKEN, "API_WORKERS": "2",
+        "LAUNCHER": "kubernetes", "NAMESPACE": kube_namespace,
+        "KUBECONFIG": str(training_cluster.admin_kubeconfig),
+    }  # fmt: skip
+    process = serve(env, "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout=60, interval=0.2)
+        answers = [httpx.get(f"{base}/ready").status_code for _ in range(20)]  # a connection each
+        text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+
+    assert output.count("Started server process") == 2 and answers == [200] * 20
+    [requests] = [f for f in text_string_to_metric_families(text) if f.name == "training_api_requests"]
+    ready = sum(s.value for s in requests.samples if s.labels.get("route") == "/ready" and s.name.endswith("_total"))
+    assert ready == 20  # whichever worker answered each
+    assert TOKEN not in output
+
+
+def test_several_workers_need_the_kubernetes_launcher(database_url, tmp_path):
+    process = serve({"DATABASE_URL": database_url, "API_TOKENS": TOKEN, "API_WORKERS": "2"})
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2 and "API_WORKERS above 1 needs LAUNCHER=kubernetes" in output

@@ -16,7 +16,7 @@ import pytest
 
 from training_core.domain import Phase
 from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound
-from training_core.store.base import NewRun, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
 
 T = TypeVar("T")
 
@@ -428,6 +428,33 @@ def test_logs_are_newest_first_and_bounded(store: Store, db) -> None:
     assert len(store.get_logs(project.id)) == 6
     assert store.get_logs(project.id, limit=0) == []
     assert db.execute("select count(*) as n from agent_logs").fetchone() == {"n": 7}
+
+
+# -- the status page ---------------------------------------------------------------------------
+def test_a_status_is_what_the_three_reads_give_in_one(store: Store) -> None:
+    project = store.create_project("digits", status="training")
+    assert store.get_status(project.id, logs=5) == ProjectStatus(project, None, [])
+
+    store.update_run(new_run(store, project.id, attempt=1).id, RunUpdate(phase=Phase.FAILED))
+    latest = store.update_run(
+        new_run(store, project.id, attempt=2).id,
+        RunUpdate(phase=Phase.RUNNING, progress={"epoch": 2, "loss": 0.5}),
+    )
+    for i in range(4):
+        store.log(project.id, f"line {i}")
+    store.log(store.create_project("other").id, "not mine")
+
+    status = store.get_status(project.id, logs=3)
+    assert status == ProjectStatus(
+        store.get_project(project.id), store.get_latest_run(project.id), store.get_logs(project.id, 3)
+    )
+    assert status.run == latest and [e.message for e in status.logs] == ["line 3", "line 2", "line 1"]
+    assert store.get_status(project.id, logs=0).logs == []
+
+
+def test_the_status_of_an_unknown_project_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="project"):
+        store.get_status(uuid4())
 
 
 # -- bad values and health --------------------------------------------------------------------

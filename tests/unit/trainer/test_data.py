@@ -14,6 +14,7 @@ from trainer.data import (
     Split,
     StreamedImages,
     decode_all,
+    decoder_count,
     plan_pipeline,
     random_resized_crop_flip,
 )
@@ -21,6 +22,7 @@ from training_core.errors import InvalidInput
 
 CPU = torch.device("cpu")
 MiB = 2**20
+GiB = 2**30
 
 
 def _images(folder: Path, count: int, size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> Split:
@@ -36,8 +38,10 @@ def _images(folder: Path, count: int, size: tuple[int, int] = (40, 30), fmt: str
 
 def test_the_plan_prefers_the_gpu_then_ram_then_streaming() -> None:
     needed = 1000 * 3 * 64 * 64  # 11.7 MiB
-    assert plan_pipeline(1000, 64, ram_budget=100 * MiB, gpu_budget=50 * MiB) == PipelinePlan(
-        "cache", "cuda", "1000 images × 64² px = 12 MiB fit the GPU budget of 50 MiB"
+    assert plan_pipeline(
+        1000, 64, ram_budget=100 * MiB, gpu_budget=50 * MiB, cpus=2
+    ) == PipelinePlan(
+        "cache", "cuda", "1000 images × 64² px = 12 MiB fit the GPU budget of 50 MiB", decoders=4
     )
     assert (
         plan_pipeline(1000, 64, ram_budget=100 * MiB, gpu_budget=needed - 1).cache_device == "cpu"
@@ -46,6 +50,20 @@ def test_the_plan_prefers_the_gpu_then_ram_then_streaming() -> None:
     streamed = plan_pipeline(1000, 64, ram_budget=needed - 1, gpu_budget=None)
     assert (streamed.mode, streamed.cache_device) == ("stream", None)
     assert "exceed the RAM budget" in streamed.reason
+
+
+def test_decoding_is_bounded_by_memory_not_only_by_cores() -> None:
+    """A 12,000 × 12,000 image takes about 1.1 GiB to decode: 16 cores, 2 GiB, one at a time."""
+    huge = 12_000 * 12_000
+    assert plan_pipeline(10, 64, ram_budget=2 * GiB, gpu_budget=None, largest_image_pixels=huge,
+                         cpus=16).decoders == 1  # fmt: skip
+    assert plan_pipeline(10, 64, ram_budget=64 * GiB, gpu_budget=None, largest_image_pixels=huge,
+                         cpus=16).decoders == 32  # fmt: skip
+    assert decoder_count(huge, ram_budget=0, most=8) == 1  # always makes progress
+    streamed = plan_pipeline(
+        10**6, 224, ram_budget=3 * GiB, gpu_budget=None, largest_image_pixels=huge, cpus=16
+    )
+    assert (streamed.mode, streamed.decoders) == ("stream", 2)
 
 
 def test_decoding_resizes_every_image_like_the_reference_transform(tmp_path: Path) -> None:
