@@ -20,7 +20,7 @@ from starlette.requests import Request
 from training_core.runspec import SUPPORTED_MODELS
 from training_core.settings import Settings
 from training_api import decisions
-from training_api.deps import rate_limited_client
+from training_api.deps import count_against_rate_limit
 from training_api.errors import ApiError
 from training_api.mcp import models
 from training_api.schemas import (
@@ -61,7 +61,7 @@ class ToolCall:
 
     def count_against_rate_limit(self) -> None:
         """The budget POST /start and /cancel draw from, per client: 429 ``rate_limited``."""
-        rate_limited_client(self.request, self.client)
+        count_against_rate_limit(self.request, self.client)
 
 
 @dataclass(frozen=True)
