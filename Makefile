@@ -12,7 +12,7 @@ CHART          := deploy/helm/training-agent
 GO_TOOLS       := $(PYTHON) tools/go_tools.py
 
 .DEFAULT_GOAL := help
-.PHONY: help test demo venv tools lint images benchmarks clean
+.PHONY: help test demo venv tools browser lint images benchmarks clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,13 @@ venv: $(STAMP) ## Create .venv with every extra installed
 tools: ## Build the Go tools the tests use, where the cache lacks them (needs Go)
 	$(GO_TOOLS) build
 
-test: $(STAMP) tools ## Install the dev extra and the Go tools, and run the whole test suite
+# The web page's tests drive Debian's headless Chromium (through Playwright, no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: ## Install Debian's chromium for the web page's tests, where it is missing
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: $(STAMP) tools browser ## Install the dev extra, the Go tools and chromium; run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## Train a real model end to end on this machine (embedded Postgres, local bucket)
@@ -41,6 +47,8 @@ benchmarks: $(STAMP) ## Run the benchmarks (prints tables; not part of the tests
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/operator_throughput.py
 	$(BIN)/python benchmarks/intake.py
+	$(BIN)/python benchmarks/preemption.py
+	$(BIN)/python benchmarks/chaos.py
 
 # --- deployment: container images and the Helm chart ---------------------------------------
 .PHONY: chart-crds

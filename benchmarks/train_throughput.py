@@ -1,19 +1,24 @@
-"""Training throughput: our input pipeline and loop against the seed's, and against the
-device's synthetic ceiling — same model, same data, same run.
+"""Training throughput: our input pipelines and loop against the seed's, and against the
+device's synthetic ceiling — per model, same data, same run, back to back.
 
 * **seed** — what the first version did: ``ImageFolder`` + PIL ``Resize``/``ToTensor``/
   ``Normalize`` per sample, batch 32, fp32, Adam, no workers, ``loss.item()`` every step.
-* **ours** — the trainer's pipeline and loop (:mod:`trainer.data`, :mod:`trainer.engine`):
-  decoded-image cache, batched on-device augmentation, channels_last, fused Adam; on CUDA
-  also bf16 autocast and ``torch.compile`` for resnet50.
-* **ceiling** — random tensors already on the device through the same model and step as
-  ours: what the device can do with no input pipeline at all.
+* **cache** — the trainer's pipeline and loop (:mod:`trainer.data`, :mod:`trainer.engine`):
+  decoded-image cache, batched on-device augmentation, channels_last, fused Adam, the
+  precision the trainer picks (:mod:`trainer.precision`: on a CPU, by its start-up probe);
+  on CUDA ``torch.compile`` for resnet50.
+* **stream (PIL)**, **stream (torchvision.io)** — the same loop fed by the streaming
+  ``DataLoader`` (what datasets larger than memory get), decoding with one library each.
+* **ceiling** — random tensors already on the device through the same model and step, in
+  the best of the device's precisions: what it can do with no input pipeline at all.
 
 The dataset is a generated JPEG ImageFolder of photo-like images (gradients, shapes, noise).
-Start-up (extract + validate + decode cache) is reported on its own line.
+Start-up (extract + validate + decode cache) and per-image decode times are reported below
+the table.
 
     python benchmarks/train_throughput.py                       # CPU defaults: short
-    python benchmarks/train_throughput.py --images 6000 --steps 50 --model resnet50   # a GPU
+    python benchmarks/train_throughput.py --models resnet18 --steps 12 --rounds 3
+    python benchmarks/train_throughput.py --images 6000 --steps 50    # a GPU
 """
 
 from __future__ import annotations
@@ -36,14 +41,30 @@ from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 from rich.table import Table
 from torchvision import transforms
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, PipelinePlan, Split, open_split
+from trainer.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchSource,
+    Decoder,
+    PipelinePlan,
+    Split,
+    StreamedImages,
+    decode_all,
+    decode_streamed,
+    open_split,
+)
 from trainer.engine import EpochPosition, TrainConfig, Trainer, cpu_count, train_one_epoch
+from trainer.precision import bf16_native
 from trainer.models import create_model
 from training_core.archive import ArchiveLimits, extract_archive
 from training_core.dataset import describe_dataset
 from training_core.settings import load_settings
 
 CLASSES = 10
+
+
+MODELS = "resnet18,mobilenet_v2,resnet50"
+STREAMS: dict[str, Decoder] = {"stream (PIL)": "pil", "stream (torchvision.io)": "torchvision"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +118,7 @@ def _photo(rng: np.random.Generator, label: int, width: int, height: int) -> Ima
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
-# -- the three contenders ----------------------------------------------------------------
+# -- the contenders ----------------------------------------------------------------------
 def _timed(
     run_steps: Callable[[int], None], device: torch.device, warmup: int, steps: int
 ) -> float:
@@ -133,41 +154,42 @@ def seed_pipeline(
             loss.item()  # the seed logged the running loss every step
 
     seconds = _timed(run_steps, device, warmup, steps)
-    return Measure(
-        "seed pipeline", steps * 32 / seconds, "ImageFolder + PIL per sample, batch 32, fp32"
-    )
+    return Measure("seed", steps * 32 / seconds, "ImageFolder + PIL per sample, batch 32, fp32")
 
 
 def our_trainer(
-    split: Split, model_name: str, size: int, device: torch.device, batch: int, compile_model: bool,
-    warmup: int, steps: int, plan: PipelinePlan,
-) -> tuple[Measure, Trainer]:  # fmt: skip
+    split: Split, model_name: str, size: int, device: torch.device, batch: int,
+    compile_model: bool, plan: PipelinePlan,
+) -> tuple[Trainer, str]:  # fmt: skip
+    """The trainer (its precision decided, as a run does before its first step) and how."""
     source = open_split(split, size, device, plan)
     config = TrainConfig(
-        epochs=1,
-        learning_rate=1e-3,
-        batch_size=batch,
-        seed=0,
-        compile="on" if compile_model else "off",
-    )
+        epochs=1, learning_rate=1e-3, batch_size=batch, seed=0,
+        compile="on" if compile_model else "off", precision="auto", image_size=size,
+    )  # fmt: skip
     trainer = Trainer(
-        create_model(model_name, CLASSES),
-        source,
-        len(split),
-        source,
-        len(split),
-        CLASSES,
-        config,
-        device,
-    )
+        create_model(model_name, CLASSES), source, len(split), source, len(split), CLASSES,
+        config, device,
+    )  # fmt: skip
+    started = time.perf_counter()
+    precision = trainer.precision
+    how = f"{precision} ({time.perf_counter() - started:.1f} s)"
+    return trainer, how + (", compiled" if trainer.compiled else "")
+
+
+def fed_by(
+    name: str, trainer: Trainer, source: BatchSource, size: int, batch: int, warmup: int,
+    steps: int, detail: str,
+) -> Measure:  # fmt: skip
+    """The trainer's loop, fed by ``source``."""
     epoch = iter(range(1, 10**9))
 
     def run_steps(count: int) -> None:
         left = count
         while left:
-            take = min(left, len(split) // batch)
+            take = min(left, trainer.train_size // batch)
             order = torch.randperm(
-                len(split), generator=torch.Generator().manual_seed(next(epoch))
+                trainer.train_size, generator=torch.Generator().manual_seed(next(epoch))
             )[: take * batch]
             train_one_epoch(
                 trainer.step_model, trainer.optimizer, source, order, batch, trainer.transform,
@@ -175,44 +197,67 @@ def our_trainer(
             )  # fmt: skip
             left -= take
 
-    seconds = _timed(run_steps, device, warmup, steps)
-    precision = "bf16" if trainer.amp else "fp32"
-    detail = f"{plan.mode} ({plan.cache_device}), batch {batch}, {precision}, channels_last" + (
-        ", compiled" if trainer.compiled else ""
-    )
-    return Measure("ours", steps * batch / seconds, detail), trainer
+    seconds = _timed(run_steps, trainer.device, warmup, steps)
+    return Measure(name, steps * batch / seconds, detail)
 
 
 def ceiling(
     trainer: Trainer, size: int, batch: int, device: torch.device, warmup: int, steps: int
 ) -> Measure:
+    """The best of the device's precisions (bf16 where it is native) on random tensors."""
     images = torch.randn(batch, 3, size, size, device=device).contiguous(
         memory_format=torch.channels_last
     )
     labels = torch.randint(0, CLASSES, (batch,), device=device)
     model, optimizer = trainer.step_model, trainer.optimizer
     model.train()
+    rates: dict[str, float] = {}
+    for precision in ("fp32", "bf16") if bf16_native(device) else ("fp32",):
 
-    def run_steps(count: int) -> None:
-        for _ in range(count):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
-                loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        def run_steps(count: int, amp: bool = precision == "bf16") -> None:
+            for _ in range(count):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = torch.nn.functional.cross_entropy(model(images), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-    seconds = _timed(run_steps, device, warmup, steps)
-    return Measure(
-        "synthetic ceiling",
-        steps * batch / seconds,
-        "random tensors on the device, same model and step as ours",
+        rates[precision] = steps * batch / _timed(run_steps, device, warmup, steps)
+    best = max(rates, key=rates.__getitem__)
+    detail = "random tensors on the device, " + ", ".join(
+        f"{p} {r:,.1f}/s" for p, r in rates.items()
     )
+    return Measure(f"ceiling ({best})", rates[best], detail)
+
+
+def contenders(
+    root: Path, split: Split, model: str, size: int, device: torch.device, batch: int,
+    compile_model: bool, warmup: int, steps: int,
+) -> list[Measure]:  # fmt: skip
+    cuda = device.type == "cuda"
+    seed = seed_pipeline(root, model, size, device, warmup, steps)
+    plan = PipelinePlan("cache", "cuda" if cuda else "cpu", "benchmark", cpu_count())
+    trainer, how = our_trainer(split, model, size, device, batch, compile_model, plan)
+    where = f"cache ({plan.cache_device})"
+    measures = [
+        seed,
+        fed_by("cache", trainer, trainer.train, size, batch, warmup, steps, f"{where}, {how}"),
+    ]
+    workers = min(8, max(1, cpu_count() - 1))  # as the trainer's plan for a stream
+    for name, decoder in STREAMS.items():
+        stream = StreamedImages(split, size, device, workers, decoder)
+        on_gpu = cuda and decoder != "pil"
+        detail = f"{workers} worker(s)" + (", JPEGs decoded on the GPU" if on_gpu else "")
+        measures.append(fed_by(name, trainer, stream, size, batch, warmup, steps, detail))
+        del stream  # its workers end with it
+    measures.append(ceiling(trainer, size, batch, device, warmup, steps))
+    return measures
 
 
 # -- the run -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--models", default=MODELS, help=f"comma-separated (default: {MODELS})")
     parser.add_argument(
         "--images", type=int, help="dataset size (default: 6000 on CUDA, 600 on CPU)"
     )
@@ -244,9 +289,6 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch_size or (512 if cuda else 32)
     steps = args.steps or (50 if cuda else 6)
     warmup = args.warmup or (10 if cuda else 2)
-    compile_model = args.compile == "on" or (
-        args.compile == "auto" and cuda and args.model == "resnet50"
-    )
     width, height = (int(v) for v in args.photo_size.split("x"))
     console = Console()
     if not cuda:
@@ -258,26 +300,23 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"Writing {images} photo-like {width}×{height} JPEGs …")
         archive = write_dataset(root, images, (width, height))
         split, startup = _start_up(archive, root / "extracted", args.image_size)
-        plan = PipelinePlan("cache", "cuda" if cuda else "cpu", "benchmark")
-        rounds: list[list[Measure]] = []
-        for _ in range(args.rounds):
-            seed = seed_pipeline(
-                root / "extracted", args.model, args.image_size, device, warmup, max(steps, 1)
+        decoding = _decode_times(split, args.image_size)
+        results: dict[str, list[list[Measure]]] = {}
+        for model in args.models.split(","):
+            compile_model = args.compile == "on" or (
+                args.compile == "auto" and cuda and model == "resnet50"
             )
-            ours, trainer = our_trainer(
-                split,
-                args.model,
-                args.image_size,
-                device,
-                batch,
-                compile_model,
-                warmup,
-                steps,
-                plan,
-            )
-            top = ceiling(trainer, args.image_size, batch, device, warmup, steps)
-            rounds.append([seed, ours, top])
-        console.print(_table(rounds, args.model, args.image_size, device, startup, len(split)))
+            console.print(f"Measuring {model} …")
+            results[model] = [
+                contenders(
+                    root / "extracted", split, model, args.image_size, device, batch,
+                    compile_model, warmup, steps,
+                )  # fmt: skip
+                for _ in range(args.rounds)
+            ]
+        console.print(
+            _table(results, args.image_size, device, startup, decoding, len(split), steps, batch)
+        )
 
 
 def _start_up(archive: Path, dest: Path, size: int) -> tuple[Split, dict[str, float]]:
@@ -288,8 +327,6 @@ def _start_up(archive: Path, dest: Path, size: int) -> tuple[Split, dict[str, fl
     described = time.perf_counter()
     samples = dataset.splits["train"].samples
     split = Split(tuple(dataset.root / p for p, _ in samples), tuple(c for _, c in samples))
-    from trainer.data import decode_all
-
     decode_all(split.paths, size)  # the cache's cost (the contenders build their own)
     decoded = time.perf_counter()
     return split, {
@@ -297,39 +334,49 @@ def _start_up(archive: Path, dest: Path, size: int) -> tuple[Split, dict[str, fl
     }  # fmt: skip
 
 
+def _decode_times(split: Split, size: int, count: int = 100) -> dict[str, float]:
+    """Milliseconds to decode and resize one image, in this process, per decoder."""
+    paths = split.paths[:count]
+    times = {}
+    for decoder in ("pil", "torchvision", "auto"):
+        decode_streamed(paths[0], size, decoder, gpu_jpeg=False)  # warm
+        started = time.perf_counter()
+        for path in paths:
+            decode_streamed(path, size, decoder, gpu_jpeg=False)
+        times[decoder] = 1000 * (time.perf_counter() - started) / len(paths)
+    return times
+
+
 def _table(
-    rounds: list[list[Measure]],
-    model: str,
-    size: int,
-    device: torch.device,
-    startup: dict[str, float],
-    n: int,
-) -> Table:
-    names = [m.name for m in rounds[0]]
-    median = {
-        name: statistics.median(r[i].images_per_second for r in rounds)
-        for i, name in enumerate(names)
-    }
-    seed, top = median["seed pipeline"], median["synthetic ceiling"]
+    results: dict[str, list[list[Measure]]], size: int, device: torch.device,
+    startup: dict[str, float], decoding: dict[str, float], n: int, steps: int, batch: int,
+) -> Table:  # fmt: skip
+    rounds = len(next(iter(results.values())))
     table = Table(
-        title=f"{model} at {size} px on {_device_name(device)} (median of {len(rounds)} round(s))"
+        title=f"Training images/s at {size} px on {_device_name(device)}, batch {batch}, "
+        f"{steps} timed steps (median of {rounds} round(s))"
     )
-    for column in ("pipeline", "images/s", "× seed", "% of ceiling", "how"):
-        table.add_column(
-            column, justify="right" if column in ("images/s", "× seed", "% of ceiling") else "left"
-        )
-    for index, name in enumerate(names):
-        value = median[name]
-        table.add_row(
-            name,
-            f"{value:,.1f}",
-            f"{value / seed:.2f}×",
-            f"{100 * value / top:.0f}%",
-            rounds[0][index].detail,
-        )
+    for column in ("model", "pipeline", "images/s", "× seed", "% of ceiling", "how"):
+        numeric = column in ("images/s", "× seed", "% of ceiling")
+        table.add_column(column, justify="right" if numeric else "left")
+    for model, measured in results.items():
+        median = [
+            statistics.median(r[i].images_per_second for r in measured)
+            for i in range(len(measured[0]))
+        ]
+        seed, top = median[0], median[-1]
+        for index, value in enumerate(median):
+            first = measured[0][index]
+            table.add_row(
+                model if index == 0 else "", first.name, f"{value:,.1f}", f"{value / seed:.2f}×",
+                f"{100 * value / top:.0f}%", first.detail,
+                end_section=index == len(median) - 1,
+            )  # fmt: skip
     startup_text = ", ".join(f"{k} {v:.1f} s" for k, v in startup.items())
+    decode_text = ", ".join(f"{k} {v:.2f} ms" for k, v in decoding.items())
     table.caption = (
         f"start-up for {n} training images: {startup_text} (total {sum(startup.values()):.1f} s)"
+        f"\ndecode + resize per image, one process: {decode_text}"
     )
     return table
 

@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.gcs",
     "tests.fixtures.digits",
+    "tests.fixtures.mlflow",
 ]
 
 

@@ -22,6 +22,7 @@ from training_api.ratelimit import RateLimiter
 from training_api.routes import system, training
 from training_api.schemas import set_maximum
 from training_api.service import TrainingService
+from training_api.webpage import mount_page
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ SWEEP_INTERVAL_SECONDS = 60.0
 DESCRIPTION = """Turns a project's image dataset into a trained PyTorch model.
 
 Every endpoint except `/health` and `/ready` needs `Authorization: Bearer <token>`; so does
-the MCP server at `/mcp` (streamable HTTP).
+the MCP server at `/mcp` (streamable HTTP). A web page for watching runs is at `/ui/` (it asks
+for the token and sends it as that header).
 Errors have one shape: `{"success": false, "error": {"code": "...", "message": "..."}}`.
 """
 
@@ -91,6 +93,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(training.router)
     app.state.mcp = mount_mcp(app)
+    mount_page(app)  # the web page for watching runs, at /ui/
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     document_bounds(app, settings)

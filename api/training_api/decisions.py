@@ -1,4 +1,5 @@
-"""The start/cancel decisions as plain functions: no I/O, so every rule is tested directly.
+"""The start/cancel decisions, and what the status, runs and metrics answers show, as plain
+functions: no I/O, so every rule is tested directly.
 
 Project metadata keys read (request values win over them; settings give the defaults):
 ``model``, ``epochs``, ``learning_rate``, ``batch_size``, ``image_size``, ``num_classes``,
@@ -8,6 +9,7 @@ Project metadata keys read (request values win over them; settings give the defa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -15,13 +17,15 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from training_core.blobs import parse_url
-from training_core.domain import Dataset, Phase, Project, Run, run_name
+from training_core.domain import Dataset, EpochPoint, ModelRecord, Phase, Project, Run, run_name
 from training_core.errors import InvalidInput
 from training_core.runspec import (
+    METRICS_SUFFIX,
     MIN_CLASSES,
     SUPPORTED_MODELS,
     RunSpec,
     default_resources,
+    model_sibling,
     model_url_for,
 )
 from training_core.settings import Settings
@@ -238,9 +242,109 @@ def cancellable(latest: Run | None) -> Run:
     return latest
 
 
+def cancel_cut_short(project: Project, latest: Run, settings: Settings) -> bool:
+    """The latest run was recorded Cancelled but the project is still claimed: a cancel that
+    the store failed half-way (and answered 503), retried now; the retry finishes it."""
+    return latest.phase is Phase.CANCELLED and project.status == settings.status_training
+
+
 def progress_of(run: Run | None) -> dict[str, Any]:
     """The run's progress, limited to what the API promises."""
     if run is None:
         return {}
     keys = ("epoch", "total_epochs", "loss", "val_accuracy", "images_per_second", "eta_seconds")
     return {key: run.progress.get(key) for key in keys}
+
+
+def history_of(run: Run | None) -> list[EpochPoint]:
+    """The run's finished epochs, oldest first; an entry that is not one is left out (a
+    progress written by hand, or by a trainer that wrote no history, is simply shorter)."""
+    if run is None or not isinstance(run.progress.get("history"), list):
+        return []
+    points = []
+    for item in run.progress["history"]:
+        with suppress(ValidationError, TypeError):
+            points.append(EpochPoint.model_validate(item))
+    return points
+
+
+def progress_without_history(run: Run) -> dict[str, Any]:
+    """The run's progress as a run's record shows it: the history is answered on its own."""
+    return {key: value for key, value in run.progress.items() if key != "history"}
+
+
+# The metrics file the trainer writes next to a model is a few KiB (its confusion matrix
+# grows with the square of the classes); anything far larger is not one.
+MAX_METRICS_BYTES = 16 * 2**20
+
+
+def metrics_url_of(model_url: str) -> str:
+    """``…/x_model.pth`` → ``…/x_model.metrics.json``: the trainer puts the metrics there."""
+    return model_sibling(model_url, METRICS_SUFFIX)
+
+
+def with_metrics(latest: Run | None) -> Run:
+    """The run whose model metrics are asked for: the project's latest, once it succeeded."""
+    if latest is None:
+        raise ApiError(404, "metrics_not_found", "the project has no training run")
+    if latest.phase is not Phase.SUCCEEDED or not latest.model_url:
+        raise ApiError(
+            404,
+            "metrics_not_found",
+            f"the project's latest run is {latest.phase.value}; metrics come with its model",
+        )
+    return latest
+
+
+def classes_of(models: list[ModelRecord], run: Run) -> list[str] | None:
+    """The class names the run's ``models`` row records, in the model's index order."""
+    for record in models:
+        classes = record.metadata.get("classes")
+        if record.run_id == run.id and isinstance(classes, list):
+            return [str(name) for name in classes]
+    return None
+
+
+class TrainerEpoch(BaseModel):
+    """One entry of the metrics file's ``history``, as the trainer writes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    images_per_second: float | None = None
+    seconds: float | None = None
+
+
+class MetricsFile(BaseModel):
+    """The keys of ``<model>.metrics.json`` the API serves (the trainer writes more)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    confusion_matrix: list[list[int]]
+    confusion_matrix_split: str | None = None
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    val_loss: float | None = None
+    final_loss: float | None = None
+    training_time_seconds: float | None = None
+    images_per_second: float | None = None
+    history: list[TrainerEpoch] = []
+
+
+def parse_metrics(data: bytes, url: str) -> MetricsFile:
+    try:
+        return MetricsFile.model_validate_json(data)
+    except ValidationError as error:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or 'document'}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False)[:3]
+        )
+        raise invalid_metrics(url, where) from None
+
+
+def invalid_metrics(url: str, problem: str) -> ApiError:
+    message = f"the model's metrics file {url} is not valid: {problem}"
+    return ApiError(502, "invalid_metrics", message)

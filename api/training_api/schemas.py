@@ -8,13 +8,13 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training_core.domain import LogEntry, Project, Run
+from training_core.domain import EpochPoint, LogEntry, Progress, Project, Run
 from training_core.runspec import SUPPORTED_MODELS
 from training_api import decisions
 
 if TYPE_CHECKING:
-    from training_api.service import Started
-    from training_core.store import ProjectStatus
+    from training_api.service import ModelMetrics, Started
+    from training_core.store import ProjectRun, ProjectStatus
 
 SupportedModel = Literal[SUPPORTED_MODELS]  # type: ignore[valid-type]
 
@@ -129,7 +129,8 @@ class RunView(BaseModel):
     @classmethod
     def of(cls, run: Run) -> RunView:
         return cls(
-            **run.model_dump(include={"id", "name", "attempt", "model_url", "error", "progress"}),
+            **run.model_dump(include={"id", "name", "attempt", "model_url", "error"}),
+            progress=decisions.progress_without_history(run),
             phase=run.phase.value,
             model=run.spec.get("model"),
             epochs=run.spec.get("epochs"),
@@ -171,6 +172,7 @@ class StatusResponse(BaseModel):
                 {
                     "success": True,
                     "project_id": EXAMPLE_PROJECT,
+                    "project_name": "flowers",
                     "project_status": "training",
                     "status": "running",
                     "progress": {
@@ -201,6 +203,14 @@ class StatusResponse(BaseModel):
                             "created_at": "2026-11-26T22:50:00Z",
                         }
                     ],
+                    "history": [
+                        {"epoch": 1, "loss": 1.02, "val_loss": 0.81, "val_accuracy": 0.71,
+                         "images_per_second": 790.2, "seconds": 31.6},
+                        {"epoch": 2, "loss": 0.58, "val_loss": 0.52, "val_accuracy": 0.83,
+                         "images_per_second": 815.0, "seconds": 30.7},
+                        {"epoch": 3, "loss": 0.41, "val_loss": 0.44, "val_accuracy": 0.87,
+                         "images_per_second": 812.5, "seconds": 30.8},
+                    ],
                 }
             ]
         }
@@ -208,24 +218,148 @@ class StatusResponse(BaseModel):
 
     success: bool = True
     project_id: UUID
+    project_name: str | None = None
     project_status: str
     status: str = Field(description="The latest run's phase, lower-case, or 'not_started'.")
     progress: ProgressView
     run: RunView | None
     model_url: str | None
     logs: list[LogView] = Field(description="The newest agent_logs lines, newest first.")
+    history: list[EpochPoint] = Field(
+        default_factory=list,
+        description="Every finished epoch of the latest run, oldest first (a resumed run keeps"
+        " the epochs it trained before): loss (training), val_loss, val_accuracy,"
+        " images_per_second, seconds.",
+    )
 
     @classmethod
     def of(cls, found: ProjectStatus) -> StatusResponse:
         run = found.run
         return cls(
             project_id=found.project.id,
+            project_name=found.project.name,
             project_status=found.project.status,
             status=decisions.phase_label(run.phase) if run else "not_started",
             progress=ProgressView(**decisions.progress_of(run)),
             run=RunView.of(run) if run else None,
             model_url=run.model_url if run else None,
             logs=[LogView.of(entry) for entry in found.logs],
+            history=decisions.history_of(run),
+        )
+
+
+class RunSummary(BaseModel):
+    """One run of the runs list, with its project."""
+
+    project_id: UUID
+    project_name: str
+    project_status: str
+    status: str = Field(description="The run's phase, lower-case.")
+    progress: ProgressView
+    run: RunView
+
+    @classmethod
+    def of(cls, item: ProjectRun) -> RunSummary:
+        return cls(
+            project_id=item.project.id,
+            project_name=item.project.name,
+            project_status=item.project.status,
+            status=decisions.phase_label(item.run.phase),
+            progress=ProgressView(**decisions.progress_of(item.run)),
+            run=RunView.of(item.run),
+        )
+
+
+class RunsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "runs": [
+                        {
+                            "project_id": EXAMPLE_PROJECT,
+                            "project_name": "flowers",
+                            "project_status": "training",
+                            "status": "running",
+                            "progress": {
+                                "epoch": 3, "total_epochs": 10, "loss": 0.41,
+                                "val_accuracy": 0.87, "images_per_second": 812.5,
+                                "eta_seconds": 95,
+                            },
+                            "run": {
+                                "id": EXAMPLE_RUN, "name": "train-3f2b6c1e-1a7d5e9b0c34-1",
+                                "phase": "Running", "attempt": 1, "model": "resnet18",
+                                "epochs": 10, "model_url": EXAMPLE_MODEL_URL, "error": None,
+                                "progress": {}, "started_at": "2026-11-26T22:49:00Z",
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )  # fmt: skip
+
+    success: bool = True
+    runs: list[RunSummary] = Field(description="The newest runs of all projects, newest first.")
+
+
+class MetricsResponse(BaseModel):
+    """The metrics file the trainer wrote next to the model, with the model's class names."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "success": True,
+                    "project_id": EXAMPLE_PROJECT,
+                    "run_id": EXAMPLE_RUN,
+                    "model_url": EXAMPLE_MODEL_URL,
+                    "metrics_url": EXAMPLE_MODEL_URL.removesuffix(".pth") + ".metrics.json",
+                    "classes": ["rose", "tulip"],
+                    "confusion_matrix": [[48, 2], [3, 47]],
+                    "confusion_matrix_split": "test",
+                    "val_accuracy": 0.94,
+                    "test_accuracy": 0.95,
+                    "val_loss": 0.18,
+                    "final_loss": 0.12,
+                    "training_time_seconds": 312.4,
+                    "images_per_second": 812.5,
+                    "history": [],
+                }
+            ]
+        }
+    )
+
+    success: bool = True
+    project_id: UUID
+    run_id: UUID
+    model_url: str
+    metrics_url: str = Field(description="Where the metrics file is, next to the model.")
+    classes: list[str] | None = Field(
+        description="Class names in the model's index order: the rows (true class) and columns"
+        " (predicted class) of the confusion matrix; null when the models row has none."
+    )
+    confusion_matrix: list[list[int]]
+    confusion_matrix_split: str | None = Field(description="'test' when test/ existed, else 'val'.")
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    val_loss: float | None = None
+    final_loss: float | None = None
+    training_time_seconds: float | None = None
+    images_per_second: float | None = None
+    history: list[EpochPoint] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, found: ModelMetrics) -> MetricsResponse:
+        return cls(
+            project_id=found.run.project_id,
+            run_id=found.run.id,
+            model_url=found.run.model_url or "",
+            metrics_url=found.metrics_url,
+            classes=found.classes,
+            **found.metrics.model_dump(exclude={"history"}),
+            history=Progress.history_of(e.model_dump() for e in found.metrics.history),
         )
 
 

@@ -36,7 +36,8 @@ def app_from_environment() -> FastAPI:
 def run(settings: Settings, *, host: str, port: int, insecure: bool = False) -> None:
     check_access(settings, allow_anonymous=insecure)  # before any worker starts
     log.info(
-        "serving the Training Agent API on http://%s:%s (launcher: %s, %d worker(s))",
+        "serving the Training Agent API on http://%s:%s, the web page at /ui/"
+        " (launcher: %s, %d worker(s))",
         host, port, settings.launcher, settings.api_workers,
     )  # fmt: skip
     options = {

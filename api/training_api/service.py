@@ -17,15 +17,25 @@ from uuid import UUID, uuid4
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from training_core.blobs import BlobStore, open_blob_store
 from training_core.dataset import DatasetDescription
 from training_core.domain import ACTIVE_PHASES, Dataset, LogEntry, ModelRecord, Phase, Project, Run
-from training_core.errors import Conflict, InvalidInput, InvalidState, NotFound, StoreUnavailable
+from training_core.errors import (
+    BlobError,
+    BlobNotFound,
+    ChecksumMismatch,
+    Conflict,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    StoreUnavailable,
+)
 from training_core.intake import intake_dataset
 from training_core.launchers import Launcher, LauncherUnavailable
 from training_core.logs import bind
 from training_core.runspec import RunSpec, model_url_for
 from training_core.settings import Settings
-from training_core.store import NewRun, ProjectStatus, RunUpdate, Store
+from training_core.store import NewRun, ProjectRun, ProjectStatus, RunUpdate, Store
 from training_api import decisions
 from training_api.errors import ApiError, unavailable
 from training_api.metrics import ApiMetrics
@@ -52,14 +62,37 @@ class DatasetChecked:
     problem: str | None
 
 
+@dataclass(frozen=True)
+class ModelMetrics:
+    """A succeeded run's metrics file, and the class names its ``models`` row records."""
+
+    run: Run
+    metrics_url: str
+    metrics: decisions.MetricsFile
+    classes: list[str] | None
+
+
 class TrainingService:
     def __init__(
-        self, settings: Settings, store: Store, launcher: Launcher, metrics: ApiMetrics
+        self,
+        settings: Settings,
+        store: Store,
+        launcher: Launcher,
+        metrics: ApiMetrics,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.launcher = launcher
         self.metrics = metrics
+        self._blobs = blobs
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The bucket, opened on first use (its GCS client only when a gs:// URL is read)."""
+        if self._blobs is None:
+            self._blobs = open_blob_store(self.settings)
+        return self._blobs
 
     # -- start ---------------------------------------------------------------------------
     def start(self, project_id: str, overrides: dict[str, Any]) -> Started:
@@ -215,8 +248,11 @@ class TrainingService:
         """Stop the active run: the launcher first (so nothing keeps training), then the records."""
         project = self._project(project_id)
         with bind(project_id=project.id):
+            latest = self.store.get_latest_run(project.id)
+            if latest is not None and decisions.cancel_cut_short(project, latest, self.settings):
+                return self._finish_cancel(project, latest)  # a retry after a 503
             try:
-                run = decisions.cancellable(self.store.get_latest_run(project.id))
+                run = decisions.cancellable(latest)
             except ApiError as error:
                 raise self._refused(project, error) from None
             self._stop(project, run)
@@ -245,6 +281,10 @@ class TrainingService:
                 return self.store.get_run(run.id), self.store.get_project(project.id)
             message = f"the run ended before it could be cancelled ({error.actual})"
             raise self._refused(project, ApiError(409, "run_finished", message)) from None
+        return self._finish_cancel(project, run)
+
+    def _finish_cancel(self, project: Project, run: Run) -> tuple[Run, Project]:
+        """The project's status and the log line of a run recorded Cancelled."""
         try:
             project = self.store.set_project_status(
                 project.id,
@@ -264,6 +304,36 @@ class TrainingService:
     def models(self, project_id: str) -> tuple[Project, list[ModelRecord]]:
         project = self._project(project_id)
         return project, self.store.get_models(project.id)
+
+    def recent_runs(self, limit: int) -> list[ProjectRun]:
+        return self.store.list_recent_runs(limit)
+
+    def model_metrics(self, project_id: str) -> ModelMetrics:
+        """The metrics file next to the model of the project's latest run, once it succeeded."""
+        project = self._project(project_id)
+        run = decisions.with_metrics(self.store.get_latest_run(project.id))
+        assert run.model_url is not None  # with_metrics refuses a run without one
+        url = decisions.metrics_url_of(run.model_url)
+        metrics = decisions.parse_metrics(self._read_metrics(url), url)
+        classes = decisions.classes_of(self.store.get_models(project.id), run)
+        return ModelMetrics(run=run, metrics_url=url, metrics=metrics, classes=classes)
+
+    def _read_metrics(self, url: str) -> bytes:
+        try:
+            size = self.blobs.stat(url).size
+            if size > decisions.MAX_METRICS_BYTES:
+                raise decisions.invalid_metrics(url, f"{size} bytes is too large")
+            return self.blobs.read_bytes(url)
+        except BlobNotFound:
+            raise ApiError(
+                404, "metrics_not_found", f"the model's metrics file {url} is missing"
+            ) from None
+        except (ChecksumMismatch, InvalidInput) as error:  # corrupt, or not a URL of a file
+            raise decisions.invalid_metrics(url, str(error)) from None
+        except BlobError as error:  # unreachable, or refused (credentials, permissions)
+            log.warning("could not read %s: %s", url, error)
+            message = "the bucket could not be read; retry later"
+            raise unavailable("storage_unavailable", message) from None
 
     def check_dataset(self, project_id: str) -> DatasetChecked:
         """Fetch and check the project's newest dataset as a run's intake does; nothing trains.

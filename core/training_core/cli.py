@@ -122,6 +122,14 @@ def demo(
     raise typer.Exit(0 if result.phase == "Succeeded" else 1)
 
 
+def page_url(host: str, port: int) -> str:
+    """The web page's address as a browser on this machine opens it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/ui/"
+
+
 @app.command()
 def serve(
     local: bool = typer.Option(
@@ -144,6 +152,8 @@ def serve(
         # database this process started be stopped on the way out.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     settings = settings_or_exit()
+    if stack is not None:
+        typer.echo(f"Watch runs at {page_url(host, port)} (it asks for that token)", err=True)
     try:
         server.run(settings, host=host, port=port, insecure=insecure)
     except SettingsError as error:

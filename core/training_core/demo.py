@@ -2,8 +2,9 @@
 
 Start the local stack (embedded Postgres, a folder bucket) → write the digits dataset as an
 ImageFolder zip under ``raw/`` → register a project and its dataset → start the API with the
-local launcher → ``POST /agents/training/start`` → follow ``/agents/training/status`` → report
-where the model, its curves and the logs are.
+local launcher (its web page's address is printed, to watch the run in a browser too) →
+``POST /agents/training/start`` → follow ``/agents/training/status`` → report where the
+model, its curves and the logs are.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def run_demo(
         finally:
             store.close()
         with _api_server(stack) as base_url:
+            console.print(
+                f"Watch it at [bold]{base_url}/ui/[/] (it asks for the API token in"
+                f" {stack.token_file})"
+            )
             client = httpx.Client(
                 base_url=base_url, headers={"Authorization": f"Bearer {stack.api_token}"}, timeout=30
             )
@@ -152,6 +157,7 @@ def _metrics(stack: LocalStack, status: dict[str, Any]) -> dict[str, Any]:
     """The ``metrics.json`` the trainer writes next to the model (empty if there is none)."""
     from training_core.blobs import open_blob_store
     from training_core.errors import BlobNotFound
+    from training_core.runspec import METRICS_SUFFIX, model_sibling
     from training_core.settings import load_settings
 
     model_url = status.get("model_url")
@@ -159,7 +165,7 @@ def _metrics(stack: LocalStack, status: dict[str, Any]) -> dict[str, Any]:
         return {}
     blobs = open_blob_store(load_settings(bucket_url=stack.bucket_url))
     try:
-        return json.loads(blobs.read_bytes(model_url.removesuffix(".pth") + ".metrics.json"))
+        return json.loads(blobs.read_bytes(model_sibling(model_url, METRICS_SUFFIX)))
     except BlobNotFound:
         return {}
 

@@ -6,6 +6,7 @@ Pure data and decisions only; no I/O lives here.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -64,8 +65,22 @@ class Dataset(Record):
     created_at: datetime | None = None
 
 
+class EpochPoint(Record):
+    """One finished epoch, as the curves draw it (``loss`` is the training loss)."""
+
+    epoch: int
+    loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    images_per_second: float | None = None
+    seconds: float | None = None
+
+
 class Progress(Record):
-    """What a user watches while a run trains; every field is optional until known."""
+    """What a user watches while a run trains; every field is optional until known.
+
+    ``history`` holds every finished epoch, oldest first: a run's whole curve lives in its
+    one progress document, and a resumed run carries the epochs it trained before."""
 
     epoch: int | None = None
     total_epochs: int | None = None
@@ -74,6 +89,27 @@ class Progress(Record):
     val_accuracy: float | None = None
     images_per_second: float | None = None
     eta_seconds: float | None = None
+    history: list[EpochPoint] | None = None
+
+    @staticmethod
+    def history_of(results: Iterable[Mapping[str, Any]]) -> list[EpochPoint]:
+        """The trainer's per-epoch results (``epoch, train_loss, val_loss, val_accuracy,
+        images_per_second, seconds``) as a progress history, rounded: a few dozen bytes an epoch."""
+
+        def rounded(value: Any, digits: int) -> float | None:
+            return None if value is None else round(float(value), digits)
+
+        return [
+            EpochPoint(
+                epoch=int(result["epoch"]),
+                loss=rounded(result.get("train_loss"), 5),
+                val_loss=rounded(result.get("val_loss"), 5),
+                val_accuracy=rounded(result.get("val_accuracy"), 5),
+                images_per_second=rounded(result.get("images_per_second"), 1),
+                seconds=rounded(result.get("seconds"), 2),
+            )
+            for result in results
+        ]
 
 
 class Run(Record):

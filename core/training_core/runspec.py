@@ -205,3 +205,24 @@ def model_url_for(bucket_url: str, project_name: str, run_id: UUID | None = None
     stem = safe_name(project_name, max_length=100).replace("-", "_")
     suffix = f"_{str(run_id)[:8]}" if run_id else ""
     return f"{bucket_url.rstrip('/')}/models/{stem}{suffix}_model.pth"
+
+
+# What the trainer uploads next to a model (``…/x_model.pth``), before the model itself.
+METRICS_SUFFIX, CURVES_SUFFIX = ".metrics.json", ".png"
+MODEL_COMPANION_SUFFIXES = (METRICS_SUFFIX, CURVES_SUFFIX)
+
+
+def model_sibling(model_url: str, suffix: str) -> str:
+    """``…/x_model.pth`` → ``…/x_model<suffix>``: the one rule for what sits beside a model."""
+    return model_url.removesuffix(".pth") + suffix
+
+
+def model_companions(model_url: str) -> tuple[str, ...]:
+    """``…/x_model.pth`` → the files that travel with it: its metrics and its curves."""
+    return tuple(model_sibling(model_url, suffix) for suffix in MODEL_COMPANION_SUFFIXES)
+
+
+def checkpoints_prefix(model_url: str, run_id: UUID | str) -> str:
+    """Where a run's checkpoints are kept, next to the model they will become: objects under
+    ``<model_url>.checkpoints/<run_id>/``. Whoever records a run's end removes them."""
+    return f"{model_url}.checkpoints/{run_id}"

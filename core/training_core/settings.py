@@ -72,8 +72,19 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1, le=65536)
     image_size: int = Field(224, ge=16, le=1024)
     torch_compile: Literal["auto", "on", "off"] = "auto"
+    # bf16 autocast where the device has it and (on a CPU) a start-up probe finds it faster.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Besides every epoch's end and SIGTERM: a checkpoint inside an epoch this often.
     checkpoint_interval_seconds: float = Field(300.0, gt=0, le=86_400)
+
+    # --- experiment trackers (side channels: they never fail a run) -----------------------
+    # TensorBoard event files next to each model, in <model name>_tb/<run name>/.
+    tensorboard: bool = True
+    # An MLflow tracking server (http(s)://…, or any URI MLflow takes); None: no MLflow.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = Field("training-agent", min_length=1, max_length=256)
+    # Bound on every MLflow call; MLflow's own retries are off (the next epoch's call retries).
+    mlflow_timeout_seconds: int = Field(5, ge=1, le=300)
 
     # --- a run's compute on Kubernetes (GKE GPU node pools) -------------------------------
     default_gpu_count: int = Field(1, ge=0, le=16)
@@ -126,6 +137,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [token.strip() for token in value.split(",") if token.strip()]
         return value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        """An empty ``MLFLOW_TRACKING_URI`` (a chart value left blank) means no MLflow."""
+        return (value.strip() or None) if value is not None else None
 
     @field_validator("supabase_url")
     @classmethod

@@ -32,6 +32,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABEL = "cloud.google.com/gke-spot"
 SCRATCH_VOLUME = "scratch"
+# Time from SIGTERM to SIGKILL: the trainer finishes its batch, checkpoints and exits in it.
+# A Spot VM's preemption notice is 30 s, of which GKE's graceful node shutdown gives ordinary
+# pods 15 s (the rest is for system pods): a longer grace period has no effect there.
+SPOT_GRACE_SECONDS = 15
+ON_DEMAND_GRACE_SECONDS = 30  # Kubernetes' default (eviction, drain, kubectl delete)
 
 # Reasons for which a run may go back from Running to Pending: its pod is gone, not failed.
 _REPLACED_POD_REASONS = frozenset({"Preempted", "Suspended"})
@@ -120,8 +125,9 @@ def _pod_spec(spec: RunSpec, config: OperatorConfig) -> dict[str, Any]:
         "serviceAccountName": config.service_account,
         # The trainer never calls the Kubernetes API (GKE Workload Identity needs no token).
         "automountServiceAccountToken": False,
-        # The trainer checkpoints on SIGTERM; GKE gives spot nodes 30 s of notice.
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": (
+            SPOT_GRACE_SECONDS if spec.resources.spot else ON_DEMAND_GRACE_SECONDS
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": config.run_as_user,

@@ -4,6 +4,7 @@ then the final state as the platform sees it (tables, bucket, logs)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def test_demo_trains_a_model_end_to_end_twice(tmp_path: Path) -> None:
     first = run_demo_cli(home, "--epochs", "2", "--image-size", "24")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Succeeded" in first.stdout and "test accuracy" in first.stdout
+    assert re.search(r"Watch it at http://127\.0\.0\.1:\d+/ui/", first.stdout), first.stdout
 
     # A second demo on the same home reuses the database and bucket with a new project.
     second = run_demo_cli(home, "--epochs", "1", "--image-size", "16")

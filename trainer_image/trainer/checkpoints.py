@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import torch
-from training_core.blobs import BlobStore
+from training_core.blobs import BlobStore, delete_folder
 from training_core.errors import BlobNotFound
+from training_core.runspec import checkpoints_prefix
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,21 @@ log = logging.getLogger(__name__)
 class Checkpoints:
     def __init__(self, blobs: BlobStore, model_url: str, run_id: UUID | str, scratch: Path) -> None:
         self.blobs = blobs
-        self.prefix = f"{model_url}.checkpoints/{run_id}"
+        self.prefix = checkpoints_prefix(model_url, run_id)
         self.pointer = f"{self.prefix}/latest.json"
         self.scratch = scratch
+        self._saved: str | None = None  # the newest object this process wrote and pointed at
 
     def save(self, state: dict[str, Any]) -> str:
-        """Write ``state`` as a new object, then point ``latest.json`` at it."""
+        """Write ``state`` as a new object, then point ``latest.json`` at it.
+
+        A position already saved by this process is not written again: nothing trained since
+        (a stop asked during an epoch's end, just after its checkpoint), and on a Spot node's
+        notice that second upload would spend seconds the pod does not have."""
         name = f"step-{state['epochs_done']:04d}-{state['position']['batches']:06d}.pt"
         url = f"{self.prefix}/{name}"
+        if url == self._saved:
+            return url
         local = self.scratch / name
         torch.save(state, local)
         try:
@@ -51,6 +58,7 @@ class Checkpoints:
         self.blobs.write_bytes(
             self.pointer, json.dumps(pointer).encode(), content_type="application/json"
         )
+        self._saved = url
         if previous and previous != url:
             self.blobs.delete(previous)
         return url
@@ -69,13 +77,8 @@ class Checkpoints:
             local.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for url in self.blobs.list(f"{self.prefix}/"):
-            self.blobs.delete(url)
-        if self.prefix.startswith("file://"):  # a folder bucket keeps empty folders; GCS has none
-            run_folder = Path(self.prefix.removeprefix("file://"))
-            for folder in (run_folder, run_folder.parent):
-                with suppress(OSError):  # not empty (another run's checkpoints): keep it
-                    folder.rmdir()
+        self._saved = None
+        delete_folder(self.blobs, self.prefix, empty_parents=1)  # and <model>.checkpoints/
 
     def latest_pointer(self) -> dict[str, Any] | None:
         try:

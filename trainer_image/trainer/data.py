@@ -5,8 +5,12 @@ Two ways to feed the device, chosen by memory:
 * **cache** — when every image, decoded and resized, fits the memory budget: decode each
   image once (in parallel threads; PIL releases the GIL) into one uint8 tensor, on the GPU
   when it fits there. An epoch is then only tensor indexing: no decoding, no workers.
-* **stream** — otherwise: a ``DataLoader`` whose workers decode and resize, with pinned
-  memory, prefetching and persistent workers.
+* **stream** — otherwise: a ``DataLoader`` with pinned memory, prefetching and persistent
+  workers. Each image is decoded where it is fastest: on CUDA, the workers only read JPEGs
+  and the GPU decodes each batch of them (nvJPEG) and resizes it; on a CPU, the workers
+  decode with libjpeg-turbo or libpng through ``torchvision.io`` (faster than PIL), except
+  JPEGs at least twice the target size, which PIL decodes at a reduced scale (libjpeg's
+  scaled IDCT: several times faster than a full decode). Other formats go through PIL.
 
 Both yield uint8 batches; normalisation and augmentation (random resized crop and
 horizontal flip) run on the device on whole batches, as tensor operations.
@@ -14,8 +18,10 @@ horizontal flip) run on the device on whole batches, as tensor operations.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +31,10 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.io
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode
 from training_core.errors import InvalidInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +47,9 @@ CROP_SCALE = (0.7, 1.0)  # light: a crop keeps most of the image (and the object
 CROP_RATIO = (3 / 4, 4 / 3)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# How streamed images are decoded: ``auto`` picks per image (see above); ``pil`` and
+# ``torchvision`` are one library for every image they can read (for comparisons).
+Decoder = Literal["auto", "pil", "torchvision"]
 
 
 @dataclass(frozen=True)
@@ -119,15 +131,74 @@ def available_ram() -> int:
     return max(available, 0)
 
 
-def decode_resized(path: Path, size: int) -> np.ndarray:
-    """One image as a (size, size, 3) uint8 array; a clear error for an unreadable file."""
+def decode_resized(path: Path, size: int, data: bytes | None = None) -> np.ndarray:
+    """One image (from ``path``, or its ``data`` already read) as a (size, size, 3) uint8
+    array, decoded by PIL; a clear error for an unreadable file."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when it can
             rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             return np.array(rgb, dtype=np.uint8)  # writable: torch.from_numpy shares it
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise InvalidInput(f"cannot decode image {path.name}: {error}") from None
+
+
+def image_format(data: bytes) -> Literal["jpeg", "png"] | None:
+    """The formats ``torchvision.io`` decodes, by their magic bytes; None for the rest."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    return None
+
+
+def pil_scales_down(data: bytes, size: int) -> bool:
+    """Whether PIL would decode this JPEG at a reduced scale (1/2 to 1/8) for ``size``: both
+    sides at least twice the target. Only the header is read."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return min(image.size) >= 2 * size
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return False  # the decoder that follows names the problem
+
+
+def decode_streamed(path: Path, size: int, decoder: Decoder, gpu_jpeg: bool) -> torch.Tensor:
+    """One image for a streamed batch: (3, size, size) uint8 — or, with ``gpu_jpeg``, a
+    JPEG's encoded bytes as a 1-D uint8 tensor, for the GPU to decode with its batch."""
+    if decoder == "pil":
+        return torch.from_numpy(decode_resized(path, size)).permute(2, 0, 1)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InvalidInput(f"cannot decode image {path.name}: {error}") from None
+    kind = image_format(data)
+    if kind == "jpeg" and gpu_jpeg:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if kind is None or (decoder == "auto" and kind == "jpeg" and pil_scales_down(data, size)):
+        return torch.from_numpy(decode_resized(path, size, data)).permute(2, 0, 1)
+    image = decode_bytes(torch.frombuffer(bytearray(data), dtype=torch.uint8), path.name)
+    return resized(image, size)
+
+
+def decode_bytes(data: torch.Tensor, name: str) -> torch.Tensor:
+    """A JPEG or PNG's bytes decoded on the CPU by ``torchvision.io``: (3, H, W) uint8."""
+    try:
+        image = torchvision.io.decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise InvalidInput(f"cannot decode image {name}: {_decoder_message(error)}") from None
+    if image.dtype != torch.uint8:  # 16-bit PNGs
+        image = TF.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear with antialiasing, as PIL's resize (on whichever device the image is)."""
+    return TF.resize(image, [size, size], antialias=True)
+
+
+def _decoder_message(error: RuntimeError) -> str:
+    """torchvision's C++ errors start with the function and source line: keep the reason."""
+    return re.sub(r"^[^,]*, \S+:\d+, ", "", str(error).strip())
 
 
 def decode_all(paths: Sequence[Path], size: int, threads: int | None = None) -> torch.Tensor:
@@ -176,16 +247,32 @@ class CachedImages:
             )
 
 
-class _Decoded(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    def __init__(self, split: Split, size: int) -> None:
-        self.split, self.size = split, size
+_Item = tuple[torch.Tensor, int, str]  # image (or JPEG bytes), index, a decode error or ""
+
+
+class _Streamed(torch.utils.data.Dataset[_Item]):
+    def __init__(self, split: Split, size: int, decoder: Decoder, gpu_jpeg: bool) -> None:
+        self.split, self.size, self.decoder, self.gpu_jpeg = split, size, decoder, gpu_jpeg
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        array = decode_resized(self.split.paths[index], self.size)
-        return torch.from_numpy(array).permute(2, 0, 1), self.split.labels[index]
+    def __getitem__(self, index: int) -> _Item:
+        path = self.split.paths[index]
+        try:
+            return decode_streamed(path, self.size, self.decoder, self.gpu_jpeg), index, ""
+        except InvalidInput as error:
+            # Returned, not raised: the DataLoader would wrap it in the worker's traceback.
+            return torch.empty(0, dtype=torch.uint8), index, str(error)
+
+
+def _collate(
+    items: list[_Item],
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, list[str]]:
+    images, indices, errors = zip(*items, strict=True)
+    decoded = all(image.dim() == 3 for image in images)
+    batch = torch.stack(images) if decoded else list(images)  # JPEG bytes stay a list
+    return batch, torch.tensor(indices), [error for error in errors if error]
 
 
 class _OrderedBatches(torch.utils.data.Sampler[list[int]]):
@@ -204,14 +291,21 @@ class _OrderedBatches(torch.utils.data.Sampler[list[int]]):
 
 
 class StreamedImages:
-    """Decoded on the fly by ``DataLoader`` workers, for datasets larger than memory."""
+    """Read (and, but for JPEGs bound for the GPU, decoded) on the fly by ``DataLoader``
+    workers, for datasets larger than memory."""
 
-    def __init__(self, split: Split, size: int, device: torch.device, workers: int) -> None:
-        self.device = device
+    def __init__(
+        self, split: Split, size: int, device: torch.device, workers: int,
+        decoder: Decoder = "auto",
+    ) -> None:  # fmt: skip
+        self.split, self.size, self.device = split, size, device
+        self.labels = torch.tensor(split.labels, dtype=torch.int64)
         self.sampler = _OrderedBatches()
+        gpu_jpeg = device.type == "cuda" and decoder != "pil"
         self.loader = torch.utils.data.DataLoader(
-            _Decoded(split, size),
+            _Streamed(split, size, decoder, gpu_jpeg),
             batch_sampler=self.sampler,
+            collate_fn=_collate,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             prefetch_factor=4 if workers else None,
@@ -221,11 +315,33 @@ class StreamedImages:
     def batches(self, order: torch.Tensor, batch_size: int, skip: int = 0) -> Iterator[Batch]:
         self.sampler.order = order[skip * batch_size :].tolist()
         self.sampler.batch_size = batch_size
-        for images, labels in self.loader:
+        for images, indices, errors in self.loader:
+            if errors:
+                raise InvalidInput(errors[0])
+            if isinstance(images, list):
+                images = self._decode_on_gpu(images, indices)
             yield (
                 images.to(self.device, non_blocking=True),
-                labels.to(self.device, non_blocking=True),
+                self.labels[indices].to(self.device, non_blocking=True),
             )
+
+    def _decode_on_gpu(self, images: list[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+        """The batch's JPEGs decoded together by nvJPEG, then resized on the GPU; the
+        other images came decoded."""
+        jpegs = [i for i, image in enumerate(images) if image.dim() == 1]
+        encoded = [images[i] for i in jpegs]
+        try:
+            decoded = torchvision.io.decode_jpeg(
+                encoded, mode=ImageReadMode.RGB, device=self.device
+            )
+        except RuntimeError:
+            # One nvJPEG refused (corrupt, or a kind it lacks): the CPU decodes this batch,
+            # and names the image it cannot decode either.
+            names = [self.split.paths[int(indices[i])].name for i in jpegs]
+            decoded = [decode_bytes(data, name) for data, name in zip(encoded, names, strict=True)]
+        for i, image in zip(jpegs, decoded, strict=True):
+            images[i] = resized(image.to(self.device, non_blocking=True), self.size)
+        return torch.stack([image.to(self.device, non_blocking=True) for image in images])
 
 
 def open_split(split: Split, size: int, device: torch.device, plan: PipelinePlan) -> BatchSource:

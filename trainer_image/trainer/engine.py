@@ -1,9 +1,10 @@
 """The training loop, in the shape of torchvision's reference script: ``train_one_epoch``,
 ``evaluate`` and a :class:`Trainer` whose ``state_dict`` is one resumable checkpoint.
 
-Adam and cross entropy; on CUDA, bf16 autocast and channels_last; ``torch.compile`` where
-it pays. Each epoch's batch order comes from ``(seed, epoch)``, so a run resumed in the
-middle of an epoch sees exactly the batches it had not seen yet.
+Adam and cross entropy; channels_last, bf16 autocast where the device has it and it pays
+(:mod:`trainer.precision`), ``torch.compile`` where it pays. Each epoch's batch order comes
+from ``(seed, epoch)``, so a run resumed in the middle of an epoch sees exactly the batches
+it had not seen yet.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ import torch
 from torch import nn
 
 from trainer.data import BatchSource, DeviceTransform
+from trainer.precision import (
+    PrecisionChoice,
+    PrecisionSetting,
+    bf16_native,
+    decide_precision,
+    resumed_precision,
+)
 
 CompileSetting = Literal["auto", "on", "off"]
 COMPILE_MIN_STEPS = 2000  # below this, compiling costs more time than it saves
@@ -37,6 +45,8 @@ class TrainConfig:
     batch_size: int
     seed: int
     compile: CompileSetting = "auto"
+    precision: PrecisionSetting = "auto"
+    image_size: int = 224  # of the batches: the precision probe times steps at it
 
 
 @dataclass(frozen=True)
@@ -225,7 +235,6 @@ class Trainer:
         self.num_classes = num_classes
         self.train, self.train_size = train, train_size
         self.val, self.val_size = val, val_size
-        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
         channels_last = device.type in ("cuda", "cpu")  # faster convolutions on both
         self.model = model.to(device, memory_format=torch.channels_last if channels_last else None)
         self.transform = DeviceTransform(device, channels_last=channels_last)
@@ -241,6 +250,22 @@ class Trainer:
         # The compiled wrapper runs the steps; ``self.model`` keeps the plain state_dict keys.
         self.step_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
         self.progress = Progress()
+        self._precision: PrecisionChoice | None = None
+
+    @property
+    def precision(self) -> PrecisionChoice:
+        """The run's precision: a resume restores it, else it is decided (on a CPU, probed)
+        at first use, so a resumed run neither probes nor changes precision."""
+        if self._precision is None:
+            self._precision = decide_precision(
+                self.config.precision, self.model, self.device, self.config.batch_size,
+                self.config.image_size, self.num_classes,
+            )  # fmt: skip
+        return self._precision
+
+    @property
+    def amp(self) -> bool:
+        return self.precision.precision == "bf16"
 
     def fit(
         self,
@@ -317,6 +342,7 @@ class Trainer:
             "position": asdict(self.progress.position),
             "history": [asdict(r) for r in self.progress.history],
             "seed": self.config.seed,
+            "precision": self.precision.precision,
             "rng_cpu": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -325,6 +351,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = replace(self.config, seed=state["seed"])  # the epoch orders depend on it
+        # Checkpoints from before the precision was stored: bf16 was used exactly on CUDA.
+        legacy = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        self._precision = resumed_precision(
+            state.get("precision", legacy), self.device.type, bf16_native(self.device)
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -38,8 +38,9 @@ STOPPING_FLUSH_SECONDS = 2.0
 log = logging.getLogger("trainer")
 
 
-def main() -> int:
-    stop = StopFlag().install()  # first: a SIGTERM during start-up must not kill us mid-write
+def main(stop: StopFlag | None = None) -> int:
+    # First: a SIGTERM during start-up must not kill us mid-write.
+    stop = stop or StopFlag().install()
     try:
         settings = load_settings()
     except SettingsError as error:

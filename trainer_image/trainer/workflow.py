@@ -50,6 +50,7 @@ from trainer.engine import (
     configure_process,
     pick_device,
 )
+from trainer.experiments import Experiments
 from trainer.interrupt import StopFlag, StopRequested
 from trainer.models import Weights, check_model_name, create_model
 from trainer.tracking import ProjectInfo, RunEnded, Tracker
@@ -88,6 +89,7 @@ class TrainingWorkflow:
         self.step = "start"
         self.uploaded: list[str] = []  # this attempt's objects, removed if it fails
         self.checkpoints: Checkpoints | None = None
+        self.experiments = Experiments(spec, settings, blobs, tracker)  # TensorBoard, MLflow
         self.run_over = False  # succeeded, failed or ended elsewhere: checkpoints can go
         self._last_checkpoint = time.monotonic()
 
@@ -146,6 +148,7 @@ class TrainingWorkflow:
             outcome = self.train(model, dataset, device, seed, scratch)
             self.upload_model(outcome, scratch)
         self.record_model(outcome)
+        self.experiments.succeeded(outcome.metrics, scratch)
         return self.report(outcome, time.monotonic() - started)
 
     @contextmanager
@@ -294,15 +297,17 @@ class TrainingWorkflow:
             config = TrainConfig(
                 epochs=self.spec.epochs, learning_rate=self.spec.learning_rate,
                 batch_size=self.spec.batch_size, seed=seed, compile=self.settings.torch_compile,
+                precision=self.settings.precision, image_size=self.spec.image_size,
             )  # fmt: skip
             trainer = Trainer(
                 model, sources["train"], len(splits["train"]), sources["val"], len(splits["val"]),
                 dataset.num_classes, config, device,
             )  # fmt: skip
             self._resume(trainer)
+            self.experiments.start(trainer, scratch)
             self.tracker.log(
                 f"Training on {device.type} ({'compiled' if trainer.compiled else 'eager'}, "
-                f"{'bf16' if trainer.amp else 'fp32'}), seed {trainer.config.seed}"
+                f"{trainer.precision}), seed {trainer.config.seed}"
             )
             try:
                 history = trainer.fit(
@@ -335,6 +340,7 @@ class TrainingWorkflow:
             f"decoded-image cache in {plan.cache_device} memory"
             if plan.mode == "cache"
             else "streaming DataLoader"
+            + (", JPEGs decoded on the GPU" if device.type == "cuda" else "")
         )
         self.tracker.log(
             f"Input pipeline: {where}, {plan.decoders} images decoded at once ({plan.reason})"
@@ -367,6 +373,7 @@ class TrainingWorkflow:
             f"val acc: {result.val_accuracy:.2f} ({result.images_per_second:.0f} images/s)"
         )
         self._save_checkpoint(trainer)
+        self.experiments.epoch(result)
         self.tracker.progress(_progress(trainer, result))
 
     def _checkpoint_due(self) -> bool:
@@ -476,6 +483,7 @@ class TrainingWorkflow:
 
     # -- 9. clean up (always) --------------------------------------------------------------
     def clean_up(self, scratch: Path) -> None:
+        self.experiments.close(ended=self.run_over)  # before the scratch (their files) goes
         shutil.rmtree(scratch, ignore_errors=True)
         if self.run_over and self.checkpoints is not None:
             try:
@@ -508,6 +516,7 @@ def _progress(trainer: Trainer, result: EpochResult) -> Progress:
         epoch=result.epoch, total_epochs=trainer.config.epochs, loss=round(result.train_loss, 5),
         val_loss=round(result.val_loss, 5), val_accuracy=round(result.val_accuracy, 5),
         images_per_second=round(result.images_per_second, 1), eta_seconds=round(trainer.eta_seconds(), 1),
+        history=Progress.history_of(asdict(r) for r in trainer.progress.history),  # restored too
     )  # fmt: skip
 
 
@@ -518,6 +527,7 @@ def _final_progress(spec: RunSpec, outcome: Outcome) -> Progress:
         epoch=last["epoch"], total_epochs=spec.epochs, loss=round(last["train_loss"], 5),
         val_loss=round(last["val_loss"], 5), val_accuracy=round(last["val_accuracy"], 5),
         images_per_second=round(last["images_per_second"], 1), eta_seconds=0,
+        history=Progress.history_of(history),
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from training_api.errors import ApiError
 from training_api.mcp import models
 from training_api.schemas import (
     CancelResponse,
+    MetricsResponse,
     ProgressView,
     RunView,
     StartRequest,
@@ -169,6 +170,10 @@ async def list_models(call: ToolCall, query: models.ProjectInput) -> models.Mode
     )
 
 
+async def get_model_metrics(call: ToolCall, query: models.ProjectInput) -> MetricsResponse:
+    return MetricsResponse.of(await call.blocking(call.service.model_metrics, query.project_id))
+
+
 async def check_dataset(call: ToolCall, query: models.ProjectInput) -> models.DatasetCheck:
     call.count_against_rate_limit()  # downloads and decodes a whole archive
     checked = await call.blocking(
@@ -225,7 +230,8 @@ TOOLS = (
         description=(
             "A project's latest training run right now: its phase (queued, pending, running,"
             " succeeded, failed, cancelled, or not_started), progress (epoch/total_epochs,"
-            " loss, val_accuracy, eta_seconds), the model URL and the newest log lines."
+            " loss, val_accuracy, eta_seconds), history (every finished epoch's loss, val_loss,"
+            " val_accuracy, images_per_second), the model URL and the newest log lines."
             " Answers at once; use wait_for_training to wait for the end. " + PROJECT_ERRORS
         ),
         input=models.StatusInput,
@@ -288,6 +294,21 @@ TOOLS = (
         output=models.ModelList,
         annotations=_hints(read_only=True),
         run=list_models,
+    ),
+    ToolSpec(
+        name="get_model_metrics",
+        title="Model metrics",
+        description=(
+            "The metrics of the model the project's latest run trained, once it succeeded:"
+            " the confusion matrix (rows: true class, columns: predicted class) with the class"
+            " names, validation and test accuracy, losses, training time and every epoch's"
+            " history, read from the metrics file next to the model. Refused with"
+            " metrics_not_found while the run has no model. " + PROJECT_ERRORS
+        ),
+        input=models.ProjectInput,
+        output=MetricsResponse,
+        annotations=_hints(read_only=True),
+        run=get_model_metrics,
     ),
     ToolSpec(
         name="check_dataset",

@@ -1,4 +1,5 @@
-"""``/agents/training/*``: start, status and cancel (thin: the service decides)."""
+"""``/agents/training/*``: start, status, cancel, the runs list and a model's metrics (thin:
+the service decides)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from training_api.deps import LimitedClientDep, ServiceDep, authenticated_client
 from training_api.schemas import (
     CancelResponse,
     ErrorResponse,
+    MetricsResponse,
+    RunsResponse,
+    RunSummary,
     StartRequest,
     StartResponse,
     StatusResponse,
@@ -26,11 +30,11 @@ ERRORS = {
     for code, description in {
         400: "Invalid id, metadata, dataset URL or project status",
         401: "Missing or invalid bearer token",
-        404: "Project or dataset not found",
+        404: "Project, dataset or metrics not found",
         409: "No active run, or the run ended meanwhile",
         422: "Request does not match the schema or bounds",
         429: "Rate limit reached (see Retry-After)",
-        503: "Store or launcher unavailable (see Retry-After)",
+        503: "Store, launcher or bucket unavailable (see Retry-After)",
     }.items()
 }
 
@@ -88,3 +92,27 @@ def cancel_training(
 ) -> Response:
     run, project = service.cancel(project_id)
     return json_answer(CancelResponse.of(run, project))
+
+
+MAX_LISTED_RUNS = 100
+
+
+@router.get("/runs", response_model=RunsResponse, summary="The newest runs of all projects")
+def recent_runs(
+    service: ServiceDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LISTED_RUNS, description="How many runs, newest first")
+    ] = 20,
+) -> Response:
+    runs = service.recent_runs(limit)
+    return json_answer(RunsResponse(runs=[RunSummary.of(item) for item in runs]))
+
+
+@router.get(
+    "/metrics/{project_id}",
+    response_model=MetricsResponse,
+    summary="The metrics of the model the project's latest run trained",
+    responses={502: {"model": ErrorResponse, "description": "The metrics file is not valid"}},
+)
+def model_metrics(project_id: ProjectId, service: ServiceDep) -> Response:
+    return json_answer(MetricsResponse.of(service.model_metrics(project_id)))

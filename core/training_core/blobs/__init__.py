@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
+from contextlib import suppress
 from pathlib import Path
 
 from training_core.blobs.base import BlobInfo, BlobStore, BlobUrl
@@ -161,3 +162,15 @@ class RoutingBlobStore(BlobStore):
 
 def open_blob_store(settings: Settings) -> BlobStore:
     return RoutingBlobStore(settings)
+
+
+def delete_folder(blobs: BlobStore, prefix_url: str, *, empty_parents: int = 0) -> None:
+    """Delete every object under ``prefix_url``; on a folder bucket (which, unlike GCS, keeps
+    empty folders) also the folder and up to ``empty_parents`` parents left empty."""
+    for url in blobs.list(f"{prefix_url.rstrip('/')}/"):
+        blobs.delete(url)
+    if prefix_url.startswith("file://"):
+        folder = Path(prefix_url.removeprefix("file://"))
+        for empty in (folder, *folder.parents[:empty_parents]):
+            with suppress(OSError):  # not empty (another run's objects): keep it
+                empty.rmdir()

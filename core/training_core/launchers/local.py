@@ -9,10 +9,15 @@ It plays, for one machine, the part the operator plays on Kubernetes:
 - cancel is SIGTERM to the process group (the trainer checkpoints and exits), SIGKILL after a
   grace period;
 - a watcher thread reads exit codes: 0 and 65 mean the trainer recorded its own outcome
-  (anything still active is marked Failed); 75 (interrupted) re-queues the run, which resumes
-  from its checkpoint, at most ``backoff_limit`` times; any other end (a crash, a signal) marks
-  the run Failed and the project failed. Every update is conditional on the run still being
-  active, so it never overwrites what the trainer wrote.
+  (anything still active is marked Failed); 75 (interrupted) or an end by SIGTERM re-queues
+  the run, which resumes from its checkpoint, at most ``backoff_limit`` times; any other end
+  (a crash, another signal) marks the run Failed and the project failed. Every update is
+  conditional on the run still being active, so it never overwrites what the trainer wrote.
+  An exit the store cannot take yet (it is down) is kept and handled on a later tick, each
+  step of it once. A run that ends here (failed, cancelled) has its scratch folders and its
+  checkpoints removed: a killed trainer could not remove them, and an ended run is never
+  resumed. A run failed here also loses what its trainer uploaded of its model (the model
+  itself, if it is this run's, and its companions), as a trainer does when it fails.
 - restart-safe: on start-up every active run is looked at. A trainer still alive (pid and
   process start time recorded in ``<run>/pid``) is adopted and watched; any other active run
   is re-queued, so it resumes from its checkpoint (the trainer is idempotent).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +36,7 @@ import threading
 import time
 from collections import Counter, deque
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,10 +45,18 @@ from uuid import UUID
 import psutil
 from pydantic import SecretStr, ValidationError
 
+from training_core.blobs import delete_folder, open_blob_store
 from training_core.domain import ACTIVE_PHASES, Phase, Run
-from training_core.errors import InvalidState, StoreUnavailable
+from training_core.errors import BlobNotFound, InvalidState, StoreUnavailable
 from training_core.launchers.base import Launcher, LauncherUnavailable
-from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
+from training_core.runspec import (
+    EXIT_DO_NOT_RETRY,
+    EXIT_OK,
+    EXIT_RETRY,
+    RunSpec,
+    checkpoints_prefix,
+    model_companions,
+)
 from training_core.settings import Settings
 from training_core.store.base import RunUpdate, Store
 
@@ -69,7 +83,9 @@ def exit_action(
         return ExitAction.IGNORE
     if returncode in (EXIT_OK, EXIT_DO_NOT_RETRY):
         return ExitAction.RECORDED
-    if returncode in (EXIT_RETRY, None):
+    # SIGTERM before the trainer's handler is in place (it imports torch first) ends it by
+    # the signal itself: the same interruption as the exit code its handler gives.
+    if returncode in (EXIT_RETRY, None, -signal.SIGTERM):
         return ExitAction.RETRY if retries < retry_limit else ExitAction.FAIL
     return ExitAction.FAIL
 
@@ -124,6 +140,24 @@ class _Child:
             os.killpg(self.pid, signum)
 
 
+@dataclass
+class _Recorded:
+    """The steps of recording a run's end that the store has taken (each is taken once)."""
+
+    run: bool = False  # the run's new phase
+    project: bool = False  # the project's status
+
+
+@dataclass
+class _Exit:
+    """A trainer's end, kept until the store has taken all of it (it may be down a while)."""
+
+    child: _Child
+    code: int | None
+    action: ExitAction | None = None  # decided once: a retry counted twice is a retry lost
+    recorded: _Recorded = field(default_factory=_Recorded)
+
+
 def _alive(pid: int, created: float | None) -> bool:
     """The process exists and is the one we started (a reused pid has another start time)."""
     try:
@@ -147,6 +181,7 @@ class LocalLauncher(Launcher):
     ) -> None:
         self._settings = settings
         self._store = store
+        self._blobs = open_blob_store(settings)  # a bucket client is made on first use only
         self._command = command or [sys.executable, "-m", "trainer"]
         self._grace = grace_seconds
         self._poll = poll_seconds
@@ -156,6 +191,7 @@ class LocalLauncher(Launcher):
         self._children: dict[UUID, _Child] = {}
         self._cancelled: set[UUID] = set()
         self._retries: Counter[UUID] = Counter()
+        self._exits: deque[_Exit] = deque()  # reaped, not yet wholly recorded (watcher only)
         self._recovered = False
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -231,6 +267,8 @@ class LocalLauncher(Launcher):
         while not self._stop.is_set():
             try:
                 self._tick()
+            except StoreUnavailable as error:  # an outage: what is pending waits for the store
+                log.warning("local launcher: the store is unavailable (%s); retrying", error)
             except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
                 log.exception("local launcher: watcher step failed; retrying")
             self._wake.wait(self._poll)
@@ -239,8 +277,17 @@ class LocalLauncher(Launcher):
     def _tick(self) -> None:
         if not self._recovered:
             self._recover()
-        for child, code in self._reap():
-            self._on_exit(child, code)
+        self._exits.extend(_Exit(child, code) for child, code in self._reap())
+        while self._exits:
+            ended = self._exits[0]
+            try:
+                self._on_exit(ended)
+            except StoreUnavailable:
+                raise  # it stays first, for the next tick
+            except Exception:  # noqa: BLE001 - one run's trouble must not hold up the others
+                name = ended.child.spec.run_name
+                log.exception("local launcher: recording the end of run %s failed", name)
+            self._exits.popleft()
         self._fill_slots()
 
     def _reap(self) -> list[tuple[_Child, int | None]]:
@@ -306,61 +353,103 @@ class LocalLauncher(Launcher):
             "PYTHONUNBUFFERED": "1",
         }
 
-    def _on_exit(self, child: _Child, code: int | None) -> None:
-        spec = child.spec
-        with self._lock:
-            cancelled = spec.run_id in self._cancelled
-            self._cancelled.discard(spec.run_id)
-        action = exit_action(
-            code,
-            cancelled=cancelled,
-            retries=self._retries[spec.run_id],
-            retry_limit=spec.backoff_limit,
-        )
-        log.info("run %s ended (%s): %s", spec.run_name, describe_exit(code), action.value)
-        if action is not ExitAction.RETRY:
-            self._retries.pop(spec.run_id, None)
-        if action is ExitAction.RETRY:
-            self._retry(spec, code)
-        elif action is ExitAction.RECORDED:
-            self._fail(spec, f"{describe_exit(code)} without recording an outcome")
-        elif action is ExitAction.FAIL:
-            self._fail(spec, f"{describe_exit(code)} before finishing the run")
-
-    def _retry(self, spec: RunSpec, code: int | None) -> None:
-        self._retries[spec.run_id] += 1
-        attempt = self._retries[spec.run_id]
-        try:
-            self._store.update_run(
-                spec.run_id, RunUpdate(phase=Phase.PENDING), expected=ACTIVE_PHASES
+    def _on_exit(self, ended: _Exit) -> None:
+        spec = ended.child.spec
+        if ended.action is None:
+            with self._lock:
+                cancelled = spec.run_id in self._cancelled
+            ended.action = exit_action(
+                ended.code,
+                cancelled=cancelled,
+                retries=self._retries[spec.run_id],
+                retry_limit=spec.backoff_limit,
             )
-        except InvalidState:
-            return
+            how = describe_exit(ended.code)
+            log.info("run %s ended (%s): %s", spec.run_name, how, ended.action.value)
+        if ended.action is ExitAction.RETRY:
+            self._retry(spec, ended)
+        elif ended.action is ExitAction.RECORDED:
+            reason = f"{describe_exit(ended.code)} without recording an outcome"
+            self._fail(spec, reason, ended.recorded)
+        elif ended.action is ExitAction.FAIL:
+            reason = f"{describe_exit(ended.code)} before finishing the run"
+            self._fail(spec, reason, ended.recorded)
+        with self._lock:
+            self._cancelled.discard(spec.run_id)
+        if ended.action is not ExitAction.RETRY:
+            self._retries.pop(spec.run_id, None)
+            self._remove_scratch(spec)
+            failed_here = ended.action is not ExitAction.IGNORE and ended.recorded.run
+            # The bucket may be slow or down: its retries must not hold up the watcher.
+            threading.Thread(
+                target=self._remove_uploads, args=(spec, failed_here),
+                name="local-launcher-clean-up", daemon=True,
+            ).start()  # fmt: skip
+
+    def _retry(self, spec: RunSpec, ended: _Exit) -> None:
+        if not ended.recorded.run:
+            try:
+                self._store.update_run(
+                    spec.run_id, RunUpdate(phase=Phase.PENDING), expected=ACTIVE_PHASES
+                )
+            except InvalidState:
+                return
+            ended.recorded.run = True
+            self._retries[spec.run_id] += 1
+            with self._lock:
+                self._queue.append(spec)
         self._store.log(
             spec.project_id,
-            f"Run {spec.run_name}: {describe_exit(code)}; resuming from its checkpoint"
-            f" (retry {attempt} of {spec.backoff_limit})",
+            f"Run {spec.run_name}: {describe_exit(ended.code)}; resuming from its checkpoint"
+            f" (retry {self._retries[spec.run_id]} of {spec.backoff_limit})",
             "warning",
         )
-        with self._lock:
-            self._queue.append(spec)
 
-    def _fail(self, spec: RunSpec, reason: str) -> None:
+    def _fail(self, spec: RunSpec, reason: str, recorded: _Recorded | None = None) -> None:
         """Record a failure the trainer could not, unless the run already ended."""
+        recorded = recorded or _Recorded()
         message = f"{reason}; see {self._runs_dir / spec.run_name / 'trainer.log'}"
-        try:
-            self._store.update_run(
-                spec.run_id, RunUpdate(phase=Phase.FAILED, error=message), expected=ACTIVE_PHASES
-            )
-        except InvalidState:
-            return  # the trainer recorded its outcome: nothing to add
-        with suppress(InvalidState):  # the project moved on (say, a new start): leave it
-            self._store.set_project_status(
-                spec.project_id,
-                self._settings.status_failed,
-                expected=[self._settings.status_training],
-            )
+        if not recorded.run:
+            try:
+                self._store.update_run(
+                    spec.run_id,
+                    RunUpdate(phase=Phase.FAILED, error=message),
+                    expected=ACTIVE_PHASES,
+                )
+            except InvalidState:
+                return  # the trainer recorded its outcome: nothing to add
+            recorded.run = True
+        if not recorded.project:
+            with suppress(InvalidState):  # the project moved on (say, a new start): leave it
+                self._store.set_project_status(
+                    spec.project_id,
+                    self._settings.status_failed,
+                    expected=[self._settings.status_training],
+                )
+            recorded.project = True
         self._store.log(spec.project_id, f"Run {spec.run_name} failed: {message}", "error")
+
+    def _remove_scratch(self, spec: RunSpec) -> None:
+        """What a trainer of this run left in SCRATCH_DIR (its own clean-up never ran if it
+        was killed); a trainer names its folders after its run."""
+        for folder in self._settings.scratch_dir.glob(f"{spec.run_id}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _remove_uploads(self, spec: RunSpec, failed_here: bool) -> None:
+        """An ended run is never resumed: its checkpoints go (a trainer that records the end
+        removes them itself; a killed or cancelled one cannot). A failure recorded here also
+        removes the model's companions and the model, if this run wrote it."""
+        prefix = checkpoints_prefix(spec.model_url, spec.run_id)
+        try:
+            delete_folder(self._blobs, prefix, empty_parents=1)  # and <model>.checkpoints/
+            if failed_here:
+                for url in model_companions(spec.model_url):
+                    self._blobs.delete(url)
+                with suppress(BlobNotFound):
+                    if self._blobs.stat(spec.model_url).metadata.get("run_id") == str(spec.run_id):
+                        self._blobs.delete(spec.model_url)
+        except Exception as error:  # noqa: BLE001 - leftovers cost storage, not correctness
+            log.warning("uploads of run %s not removed: %s", spec.run_name, error)
 
     # -- restart safety ------------------------------------------------------------------
     def _recover(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from training_core.settings import Settings, SettingsError
-from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectRun, ProjectStatus, RunUpdate, Store
 
 
 def open_store(settings: Settings) -> Store:
@@ -32,4 +32,4 @@ def open_store(settings: Settings) -> Store:
     )
 
 
-__all__ = ["NewRun", "ProjectStatus", "RunUpdate", "Store", "open_store"]
+__all__ = ["NewRun", "ProjectRun", "ProjectStatus", "RunUpdate", "Store", "open_store"]

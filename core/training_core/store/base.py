@@ -45,6 +45,21 @@ class ProjectStatus:
         )
 
 
+@dataclass(frozen=True)
+class ProjectRun:
+    """A run with the project it belongs to: one line of the runs page."""
+
+    project: Project
+    run: Run
+
+    @staticmethod
+    def each(runs: list[Run], projects: list[Project]) -> list[ProjectRun]:
+        """Each run with its project, in the runs' order; a project deleted between the two
+        reads took its runs with it (``on delete cascade``), so they are left out too."""
+        by_id = {project.id: project for project in projects}
+        return [ProjectRun(by_id[run.project_id], run) for run in runs if run.project_id in by_id]
+
+
 class NewRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -145,6 +160,10 @@ class Store(ABC):
     @abstractmethod
     def list_runs(self, project_id: UUID, limit: int = 20) -> list[Run]:
         """The project's newest ``limit`` runs, newest first (as ``get_latest_run`` orders)."""
+
+    @abstractmethod
+    def list_recent_runs(self, limit: int = 20) -> list[ProjectRun]:
+        """The newest ``limit`` runs of all projects, newest first, each with its project."""
 
     @abstractmethod
     def model_url_in_use(self, model_url: str) -> bool:

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
 from training_core.errors import AgentError, InvalidInput, InvalidState, NotFound, StoreUnavailable
-from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectRun, ProjectStatus, RunUpdate, Store
 from training_core.store.common import MODEL_COLUMNS as _MODEL_COLUMNS
 from training_core.store.common import PROJECT_COLUMNS
 from training_core.store.common import RUN_COLUMNS as _RUN_COLUMNS
@@ -216,6 +216,21 @@ class PostgresStore(Store):
             {"id": project_id, "limit": max(0, limit)},
         )
         return [Run(**row) for row in rows]
+
+    def list_recent_runs(self, limit: int = 20) -> list[ProjectRun]:
+        rows = self._all(
+            f"select {_RUN_COLUMNS} from training_runs"
+            " order by created_at desc, attempt desc, id limit %(limit)s",
+            {"limit": max(0, limit)},
+        )
+        runs = [Run(**row) for row in rows]
+        if not runs:
+            return []
+        rows = self._all(
+            f"select {PROJECT_COLUMNS} from projects where id = any(%(ids)s)",
+            {"ids": sorted({run.project_id for run in runs})},
+        )
+        return ProjectRun.each(runs, [Project(**row) for row in rows])
 
     def model_url_in_use(self, model_url: str) -> bool:
         row = self._one(

@@ -25,7 +25,7 @@ from training_core.errors import (
     NotFound,
     StoreUnavailable,
 )
-from training_core.store.base import NewRun, ProjectStatus, RunUpdate, Store
+from training_core.store.base import NewRun, ProjectRun, ProjectStatus, RunUpdate, Store
 from training_core.store.common import (
     ACTIVE_PHASE_VALUES,
     DATASET_COLUMNS,
@@ -227,6 +227,22 @@ class SupabaseStore(Store):
             .limit(max(0, limit))
         )
         return [Run(**row) for row in rows]
+
+    def list_recent_runs(self, limit: int = 20) -> list[ProjectRun]:
+        rows = self._rows(
+            self._table("training_runs")
+            .select(RUN_COLUMNS)
+            .order("created_at", desc=True)
+            .order("attempt", desc=True)
+            .order("id")
+            .limit(max(0, limit))
+        )
+        runs = [Run(**row) for row in rows]
+        if not runs:
+            return []
+        ids = sorted({str(run.project_id) for run in runs})
+        rows = self._rows(self._table("projects").select(PROJECT_COLUMNS).in_("id", ids))
+        return ProjectRun.each(runs, [Project(**row) for row in rows])
 
     def model_url_in_use(self, model_url: str) -> bool:
         row = self._first(

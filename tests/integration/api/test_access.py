@@ -19,6 +19,8 @@ PROTECTED = [
     ("POST", START),
     ("GET", f"/agents/training/status/{uuid4()}"),
     ("POST", f"/agents/training/cancel/{uuid4()}"),
+    ("GET", "/agents/training/runs"),
+    ("GET", f"/agents/training/metrics/{uuid4()}"),
     ("GET", "/metrics"),
 ]
 

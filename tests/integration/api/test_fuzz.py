@@ -46,6 +46,8 @@ WITH_INPUT = [
     "POST /agents/training/start",
     "GET /agents/training/status/{project_id}",
     "POST /agents/training/cancel/{project_id}",
+    "GET /agents/training/runs",
+    "GET /agents/training/metrics/{project_id}",
 ]
 CASES = [(op, GenerationMode.POSITIVE) for op in WITHOUT_INPUT + WITH_INPUT] + [
     (op, GenerationMode.NEGATIVE) for op in WITH_INPUT

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.integration.api.conftest import AUTH, error_of, make_settings
 from training_api import create_app
+from training_core.errors import StoreUnavailable
 from training_core.store.postgres import PostgresStore
 
 START = "/agents/training/start"
@@ -83,3 +84,34 @@ def test_a_store_failing_inside_the_start_leaves_the_project_startable(
     assert store.get_latest_run(project.id) is None
     with restarted_api(settings, store, idle_launcher) as api:
         assert api.post(START, json={"project_id": str(project.id)}).status_code == 202
+
+
+class LogLostStore:
+    """The store through an outage that begins right after the start was recorded: writing
+    the start's log line fails."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def log(self, project_id, message: str, *args, **kwargs) -> None:
+        if " queued: " in message:
+            raise StoreUnavailable("database unreachable (outage)")
+        self._store.log(project_id, message, *args, **kwargs)
+
+
+def test_a_store_failing_after_the_start_was_recorded_still_launches_the_run(
+    settings, store, idle_launcher, project_factory
+) -> None:
+    project = project_factory()
+    with restarted_api(settings, LogLostStore(store), idle_launcher) as api:
+        started = api.post(START, json={"project_id": str(project.id)})
+        again = api.post(START, json={"project_id": str(project.id)})
+
+    # The run is recorded and the project claimed: it must not wait for a launch that never comes.
+    assert started.status_code == 202, started.text
+    run = store.get_run(uuid.UUID(started.json()["run_id"]))
+    assert idle_launcher.describe(run)["state"] in ("queued", "running")
+    assert again.status_code == 200 and again.json()["run_id"] == started.json()["run_id"]

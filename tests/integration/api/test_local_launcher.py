@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from training_core.domain import Phase, run_name
+from training_core.errors import StoreUnavailable
 from training_core.launchers.local import LocalLauncher
 from training_core.runspec import RunSpec
 from training_core.store.base import NewRun, RunUpdate
@@ -47,6 +48,58 @@ IGNORE_SIGTERM = (
 )
 EXIT_WHEN_TOLD = "import os, time\nwhile not os.path.exists('go'): time.sleep(0.02)\n"
 MARK_AND_WAIT = "open('spawned', 'w').write('yes'); import time; time.sleep(300)"
+# Counts its starts; the first waits for 'go', then exits with the code it is given.
+FIRST_EXITS_WHEN_TOLD = (
+    "import os, sys, time\n"
+    "first = not os.path.exists('calls')\n"
+    "open('calls', 'a').write('x')\n"
+    "if not first: time.sleep(300)\n"
+    "while not os.path.exists('go'): time.sleep(0.02)\n"
+    "sys.exit(int(sys.argv[1]))\n"
+)
+# A trainer killed while it uploads its model: its scratch folder (named after its run), the
+# checkpoint it saved and what it uploaded of its model stay behind in the (folder) bucket.
+KILLED_AT_WORK = (
+    "import os, signal\n"
+    "from training_core.blobs.local import LocalBlobStore\n"
+    "run, model = os.environ['TRAINING_RUN_ID'], os.environ['TRAINING_MODEL_URL']\n"
+    "os.makedirs(os.path.join(os.environ['SCRATCH_DIR'], run + '-work'))\n"
+    "bucket = LocalBlobStore()\n"
+    "for name in ('step-0001-000000.pt', 'latest.json'):\n"
+    "    bucket.write_bytes(f'{model}.checkpoints/{run}/{name}', b'saved')\n"
+    "for suffix in ('.metrics.json', '.png'):\n"
+    "    bucket.write_bytes(model.removesuffix('.pth') + suffix, b'companion')\n"
+    "open('weights', 'wb').write(b'weights')\n"
+    "bucket.upload(os.path.abspath('weights'), model, metadata={'run_id': run})\n"
+    "os.kill(os.getpid(), signal.SIGKILL)\n"
+)
+CHECKPOINTED_AND_WAITING = KILLED_AT_WORK.replace(
+    "os.kill(os.getpid(), signal.SIGKILL)", "open('spawned', 'w').write('yes'); signal.pause()"
+)
+
+
+class FlakyStore:
+    """The store as the launcher sees it through an outage: the calls named in ``failing``
+    raise ``StoreUnavailable`` while ``down`` is set; ``refused`` counts them."""
+
+    def __init__(self, store, failing=("update_run", "set_project_status", "log")) -> None:
+        self._store = store
+        self.failing = set(failing)
+        self.down = False
+        self.refused = 0
+
+    def __getattr__(self, name):
+        method = getattr(self._store, name)
+        if name not in self.failing:
+            return method
+
+        def call(*args, **kwargs):
+            if self.down:
+                self.refused += 1
+                raise StoreUnavailable("database unreachable (outage)")
+            return method(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -57,8 +110,9 @@ def launch(settings, store):
     def make(command: list[str], **options) -> LocalLauncher:
         options = {"grace_seconds": 1, "poll_seconds": 0.05, **options}
         launcher = LocalLauncher(
-            options.pop("settings", settings), store, command=command, **options
-        )
+            options.pop("settings", settings), options.pop("store", store), command=command,
+            **options,
+        )  # fmt: skip
         made.append(launcher)
         return launcher
 
@@ -302,3 +356,91 @@ def test_a_run_with_an_unusable_spec_is_failed_on_restart(launch, store, project
 
     wait_for(lambda: store.get_run(broken.id).phase is Phase.FAILED)
     assert "spec is not valid" in store.get_run(broken.id).error
+
+
+def test_an_exit_during_a_store_outage_is_retried_once_the_store_is_back(
+    launch, record, store, settings
+):
+    spec = record()
+    flaky = FlakyStore(store)
+    launch(program(FIRST_EXITS_WHEN_TOLD, "75"), store=flaky).start(spec)
+    folder = run_dir(settings, spec)
+    wait_for(lambda: (folder / "calls").exists())
+
+    flaky.down = True
+    (folder / "go").write_text("exit now")
+    wait_for(lambda: flaky.refused >= 2)  # the exit was seen, and tried again
+    flaky.down = False
+
+    wait_for(lambda: (folder / "calls").read_text() == "xx")  # resumed
+    assert phase_of(store, spec) is Phase.RUNNING
+    lines = [e.message for e in store.get_logs(spec.project_id) if "resuming" in e.message]
+    assert len(lines) == 1 and "(retry 1 of 3)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "failing", [("update_run", "set_project_status", "log"), ("set_project_status",)]
+)
+def test_a_crash_during_a_store_outage_fails_the_run_once_the_store_is_back(
+    launch, record, store, settings, failing
+):
+    spec = record()
+    flaky = FlakyStore(store, failing)
+    launch(program(FIRST_EXITS_WHEN_TOLD, "3"), store=flaky).start(spec)
+    wait_for(lambda: phase_of(store, spec) is Phase.RUNNING)
+
+    flaky.down = True
+    (run_dir(settings, spec) / "go").write_text("exit now")
+    wait_for(lambda: flaky.refused >= 2)
+    flaky.down = False
+
+    wait_for(lambda: store.get_project(spec.project_id).status == "failed")
+    assert phase_of(store, spec) is Phase.FAILED
+    lines = [e.message for e in store.get_logs(spec.project_id) if "failed:" in e.message]
+    assert len(lines) == 1 and "exited with code 3" in lines[0]
+
+
+def test_a_killed_trainer_leaves_no_scratch_folder_checkpoint_or_partial_model(
+    launch, record, store, database_url, tmp_path
+):
+    settings = make_settings(database_url, tmp_path, scratch_dir=tmp_path / "scratch")
+    spec = record()
+    model = Path(spec.model_url.removeprefix("file://"))
+    another_run = uuid4()
+    (tmp_path / "scratch" / f"{another_run}-work").mkdir(parents=True)
+    (model.parent / f"{model.name}.checkpoints" / str(another_run)).mkdir(parents=True)
+    (model.parent / f"{model.name}.checkpoints" / str(another_run) / "latest.json").write_text("{}")
+
+    launch(program(KILLED_AT_WORK), settings=settings).start(spec)
+
+    wait_for(lambda: phase_of(store, spec) is Phase.FAILED)
+    assert "killed by SIGKILL" in store.get_run(spec.run_id).error
+    wait_for(lambda: not list(settings.scratch_dir.glob(f"{spec.run_id}-*")))
+    wait_for(lambda: not (model.parent / f"{model.name}.checkpoints" / str(spec.run_id)).exists())
+    # The model and its companions go (the run failed); another run's files stay.
+    wait_for(lambda: not model.exists())
+    assert sorted(p.name for p in model.parent.iterdir() if not p.name.startswith(".")) == [
+        f"{model.name}.checkpoints"
+    ]
+    assert [p.name for p in settings.scratch_dir.iterdir()] == [f"{another_run}-work"]
+    assert [p.name for p in (model.parent / f"{model.name}.checkpoints").iterdir()] == [
+        str(another_run)
+    ]
+
+
+def test_a_cancelled_run_leaves_no_checkpoint(launch, record, store, database_url, tmp_path):
+    settings = make_settings(database_url, tmp_path, scratch_dir=tmp_path / "scratch")
+    spec = record()
+    checkpoints = Path(f"{spec.model_url.removeprefix('file://')}.checkpoints") / str(spec.run_id)
+    launcher = launch(program(CHECKPOINTED_AND_WAITING), settings=settings)
+    launcher.start(spec)
+    wait_for(lambda: (run_dir(settings, spec) / "spawned").exists())
+    assert checkpoints.is_dir()
+
+    launcher.cancel(store.get_run(spec.run_id))  # what the API's cancel does first
+
+    wait_for(lambda: launcher.describe(store.get_run(spec.run_id))["state"] == "ended")
+    wait_for(lambda: not checkpoints.exists())
+    assert not list(settings.scratch_dir.glob(f"{spec.run_id}-*"))
+    # A model uploaded before the cancel is not a failure's leftover: it stays.
+    assert Path(spec.model_url.removeprefix("file://")).is_file()

@@ -37,6 +37,7 @@ TOOLS = {
     "cancel_training",
     "list_training_runs",
     "list_models",
+    "get_model_metrics",
     "check_dataset",
     "list_supported_models",
 }
@@ -220,10 +221,13 @@ def test_a_training_started_and_followed_over_mcp_ends_with_a_model(
         )
         models = answer_of(await session.call_tool("list_models", {"project_id": project_id}))
         runs = answer_of(await session.call_tool("list_training_runs", {"project_id": project_id}))
-        return checked, started, waited, models, runs
+        metrics = answer_of(
+            await session.call_tool("get_model_metrics", {"project_id": project_id})
+        )
+        return checked, started, waited, models, runs, metrics
 
     with caplog.at_level(logging.INFO, logger="training_api"):
-        checked, started, waited, models, runs = with_session(f"{url}/mcp", follow)
+        checked, started, waited, models, runs, metrics = with_session(f"{url}/mcp", follow)
 
     assert checked["valid"] is True and checked["problem"] is None
     assert len(checked["classes"]) == 10 and {"train", "val"} <= set(checked["splits"])
@@ -233,6 +237,9 @@ def test_a_training_started_and_followed_over_mcp_ends_with_a_model(
     assert waited["project_status"] == "trained"
     assert waited["model_url"] == started["model_url"]
     assert waited["progress"]["epoch"] == waited["progress"]["total_epochs"] == 2
+    assert [epoch["epoch"] for epoch in waited["history"]] == [1, 2]
+    assert metrics["run_id"] == started["run_id"] and metrics["classes"] == checked["classes"]
+    assert len(metrics["confusion_matrix"]) == 10 and metrics["history"] == waited["history"]
     # Progress reached the client as the run went: epochs of the total, with loss and accuracy.
     assert notices and notices[-1][:2] == (2, 2)
     assert [n[0] for n in notices] == sorted(n[0] for n in notices)
@@ -418,6 +425,7 @@ def test_other_tools_refuse_bad_input_with_the_apis_codes(mcp_url, project_facto
                 ("cancel_training", {"project_id": project_id, "confirm": "yes"}),
                 ("list_training_runs", {"project_id": project_id, "limit": 0}),
                 ("list_models", {"project_id": "00000000-0000-4000-8000-000000000000"}),
+                ("get_model_metrics", {"project_id": project_id}),
                 ("no_such_tool", {}),
             ]
         ]
@@ -432,6 +440,7 @@ def test_other_tools_refuse_bad_input_with_the_apis_codes(mcp_url, project_facto
         "validation_error",
         "validation_error",
         "project_not_found",
+        "metrics_not_found",  # no run, so no model yet
         "unknown_tool",
     ]
 
@@ -568,7 +577,10 @@ def test_fuzzed_inputs_get_answers_or_tool_errors_never_a_server_error(
             seen[tool.name] = fuzz(portal, session, tool.name, tool.inputSchema, project_id)
 
     assert set(seen) == TOOLS
-    assert all("ok" in outcomes for outcomes in seen.values()), sorted(seen.items())
+    # The project never trained: its model metrics are refused (tested where a run succeeds).
+    answered = {name: outcomes for name, outcomes in seen.items() if name != "get_model_metrics"}
+    assert all("ok" in outcomes for outcomes in answered.values()), sorted(seen.items())
+    assert "metrics_not_found" in seen["get_model_metrics"]
     assert all("validation_error" in seen[name] for name in TOOLS - {"list_supported_models"})
     assert httpx.get(f"{base_url}/health").status_code == 200  # the server stays up
     assert len(store.list_active_runs()) <= 1

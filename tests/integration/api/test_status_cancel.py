@@ -207,3 +207,48 @@ def test_cancel_recorded_first_by_the_operator_is_still_a_success(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled" and response.json()["run_id"] == started["run_id"]
     assert response.json()["project_status"] == "pending_training"
+
+
+def test_a_cancel_cut_short_by_the_store_is_finished_when_retried(
+    settings, store, idle_launcher, project_factory
+):
+    """The run was recorded Cancelled, then the store went away before the project's status:
+    the caller got a 503 and retries, and the retry finishes what the first one began."""
+    from fastapi.testclient import TestClient
+
+    from training_api import create_app
+    from training_core.errors import StoreUnavailable
+
+    from tests.integration.api.conftest import AUTH
+
+    class OutageAfterTheRun:
+        def __init__(self) -> None:
+            self.outage = False
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def set_project_status(self, *args, **kwargs):
+            if self.outage:
+                self.outage = False
+                raise StoreUnavailable("database unreachable (outage)")
+            return store.set_project_status(*args, **kwargs)
+
+    flaky = OutageAfterTheRun()
+    project = project_factory()
+    with TestClient(
+        create_app(settings, flaky, idle_launcher), headers=AUTH, raise_server_exceptions=False
+    ) as api:
+        started = api.post(START, json={"project_id": str(project.id)}).json()
+        flaky.outage = True
+        cut_short = api.post(cancel_url(project.id))
+        retried = api.post(cancel_url(project.id))
+
+    assert cut_short.status_code == 503
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["run_id"] == started["run_id"]
+    assert retried.json()["project_status"] == "pending_training"
+    assert store.get_project(project.id).status == "pending_training"
+    assert store.get_run(started["run_id"]).phase is Phase.CANCELLED
+    lines = [e.message for e in store.get_logs(project.id) if "cancelled on request" in e.message]
+    assert len(lines) == 1

@@ -348,6 +348,48 @@ def test_a_projects_runs_are_listed_newest_first_and_bounded(store: Store) -> No
     assert store.list_runs(project.id)[0] == store.get_latest_run(project.id)
 
 
+def test_recent_runs_of_all_projects_are_listed_newest_first_with_their_project(
+    store: Store,
+) -> None:
+    assert store.list_recent_runs() == []
+    digits = store.create_project("digits", status="training")
+    flowers = store.create_project("<img src=x onerror=alert(1)>")
+    first = new_run(store, digits.id)
+    store.update_run(first.id, RunUpdate(phase=Phase.FAILED))
+    second = new_run(store, flowers.id)
+    third = new_run(store, digits.id, attempt=2)
+
+    listed = store.list_recent_runs()
+
+    assert [(item.project.id, item.run.id) for item in listed] == [
+        (digits.id, third.id), (flowers.id, second.id), (digits.id, first.id)
+    ]  # fmt: skip
+    assert listed[0].project == store.get_project(digits.id)
+    assert listed[0].run == store.get_run(third.id)
+    assert listed[1].project.name == "<img src=x onerror=alert(1)>"  # stored as given
+    assert [item.run.id for item in store.list_recent_runs(limit=2)] == [third.id, second.id]
+    assert store.list_recent_runs(limit=0) == []
+
+    store.delete_project(digits.id)
+    assert [item.run.id for item in store.list_recent_runs()] == [second.id]
+
+
+def test_a_runs_epoch_history_lives_in_its_progress_and_reads_back_whole(store: Store, db) -> None:
+    run = new_run(store, store.create_project("digits").id)
+    history = [
+        {"epoch": n, "loss": 1 / n, "val_loss": 1.5 / n, "val_accuracy": 0.5 + n / 10,
+         "images_per_second": 800.5, "seconds": 2.25}
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    progress = {"epoch": 3, "total_epochs": 5, "loss": 1 / 3, "history": history}
+
+    updated = store.update_run(run.id, RunUpdate(phase=Phase.RUNNING, progress=progress))
+
+    assert updated.progress == progress == store.get_run(run.id).progress
+    assert store.list_recent_runs()[0].run.progress["history"] == history
+    assert db.execute("select progress from training_runs").fetchone() == {"progress": progress}
+
+
 def test_a_model_url_is_in_use_once_any_run_has_it(store: Store) -> None:
     url = "gs://models-bucket/models/digits_model.pth"
     assert store.model_url_in_use(url) is False

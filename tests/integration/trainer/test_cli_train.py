@@ -60,7 +60,9 @@ def test_train_writes_a_model_to_the_output_folder(
         "model.metrics.json",
         "model.png",
         "model.pth",
+        "model_tb",  # TensorBoard events: tensorboard --logdir out
     ]  # fmt: skip — and no checkpoints left
+    assert len(list((out / "model_tb").glob("local-*/events.out.tfevents.*"))) == 1  # its run's
     loaded = load_model(out / "model.pth")
     assert loaded.classes == [str(d) for d in range(10)] and loaded.input_size == 16
     assert list((tmp_path / "scratch").iterdir()) == []

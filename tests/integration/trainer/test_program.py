@@ -31,6 +31,8 @@ def test_a_run_trains_uploads_and_records_its_model(
     assert run.phase == Phase.SUCCEEDED and run.started_at and run.finished_at
     assert run.progress["epoch"] == 4 and run.progress["total_epochs"] == 4
     assert run.progress["images_per_second"] > 0 and run.progress["eta_seconds"] == 0
+    assert [epoch["epoch"] for epoch in run.progress["history"]] == [1, 2, 3, 4]  # the curves
+    assert run.progress["history"][-1]["val_accuracy"] == run.progress["val_accuracy"]
     assert case.store.get_project(case.project.id).status == "trained"
 
     # One models row, pointing at the model, with what a user looks for first.
@@ -56,14 +58,22 @@ def test_a_run_trains_uploads_and_records_its_model(
     )
     assert re.match(r"Training finished in \d+s of training .*val acc 0\.9\d\d", lines[-1])
 
-    # The bucket holds the model and its companions; checkpoints and scratch files are gone.
+    # The bucket holds the model, its companions and its TensorBoard events (one file: one
+    # attempt); checkpoints and scratch files are gone.
     base = case.spec.model_url.removesuffix(".pth")
-    assert case.objects() == sorted(
+    objects = case.objects()
+    events = [
+        url for url in objects
+        if url.startswith(f"{base}_tb/{case.spec.run_name}/events.out.tfevents.")
+    ]  # fmt: skip
+    assert len(events) == 1
+    assert objects == sorted(
         [
             f"{case.bucket_url}/raw/digits.zip",
             case.spec.model_url,
             f"{base}.metrics.json",
             f"{base}.png",
+            *events,
         ]
     )
     metrics = json.loads(case.blobs.read_bytes(f"{base}.metrics.json"))

@@ -67,6 +67,8 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
     assert epochs == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]  # each epoch trained once
 
     assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
+    history = case.store.get_run(case.run.id).progress["history"]
+    assert [epoch["epoch"] for epoch in history] == [1, 2, 3]  # the epochs before the resumes too
     assert case.store.get_project(case.project.id).status == "trained"
     [model] = case.store.get_models(case.project.id)
     assert model.run_id == case.run.id
@@ -75,6 +77,47 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
     assert objects.count(case.spec.model_url) == 1
     assert not any(".checkpoints/" in url for url in objects)  # deleted once the run ended
     assert list(case.scratch.iterdir()) == []  # the killed attempt's scratch too
+
+
+@pytest.mark.digits(limit=300)
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_a_checkpoint_written_on_sigterm_is_whole_and_resumable(
+    trainer_case: TrainerCase, tmp_path: Path, model: str
+) -> None:
+    """What a Spot node's notice leaves in the bucket: one whole checkpoint inside epoch 2,
+    loadable as data into the run's architecture, from which the run finishes."""
+    case = trainer_case
+    case.spec = case.spec.model_copy(update={"epochs": 2, "model": model})
+    pointer_url = f"{case.spec.model_url}.checkpoints/{case.run.id}/latest.json"
+
+    first = case.start()
+    _wait_for_epoch(case, first, 1)
+    time.sleep(0.5)  # past epoch 1's end: the signal lands inside epoch 2's batches
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == EXIT_RETRY, case.output()
+
+    objects = case.objects()
+    assert pointer_url in objects
+    pointer = json.loads(case.blobs.read_bytes(pointer_url))
+    assert pointer["url"] in objects
+    case.blobs.download(pointer["url"], tmp_path / "checkpoint.pt")
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["epochs_done"] == pointer["epochs_done"] == 1
+    batches = state["position"]["batches"]
+    assert batches > 0 and state["position"] == pointer["position"]  # inside epoch 2
+    fresh = create_model(model, 10)
+    fresh.load_state_dict(state["model"])  # strict: every layer of this architecture, its shape
+    assert state["optimizer"]["state"] and state["lr_scheduler"]["last_epoch"] > 0
+
+    assert case.run_trainer() == EXIT_OK, case.output()
+    lines = case.log_lines()
+    assert f"Resuming from checkpoint: 1/2 epochs done and {batches} batches of epoch 2" in lines
+    epochs = [line.split(" completed")[0] for line in lines if line.startswith("Epoch ")]
+    assert epochs == ["Epoch 1/2", "Epoch 2/2"]  # each epoch trained once
+    [row] = case.store.get_models(case.project.id)
+    assert row.run_id == case.run.id and row.metadata["architecture"] == model
+    assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
+    assert not any(".checkpoints/" in url for url in case.objects())
 
 
 def test_a_trainer_lost_without_notice_resumes_inside_the_epoch(trainer_case: TrainerCase) -> None:
@@ -100,7 +143,9 @@ def test_a_trainer_lost_without_notice_resumes_inside_the_epoch(trainer_case: Tr
 
     assert case.run_trainer() == EXIT_OK, case.output()
     [resume] = [line for line in case.log_lines() if line.startswith("Resuming from checkpoint")]
-    found = re.fullmatch(r"Resuming from checkpoint: 1/3 epochs done and (\d+) batches of epoch 2", resume)
+    found = re.fullmatch(
+        r"Resuming from checkpoint: 1/3 epochs done and (\d+) batches of epoch 2", resume
+    )
     assert found and int(found.group(1)) > 0, resume
     assert len(case.store.get_models(case.project.id)) == 1
     assert not any(".checkpoints/" in url for url in case.objects())

@@ -9,6 +9,7 @@ import pytest
 from training_core.domain import Dataset, Phase, Project, Run
 from training_core.settings import load_settings
 from training_api.decisions import (
+    cancel_cut_short,
     cancellable,
     check_project_kind,
     parse_project_id,
@@ -247,3 +248,18 @@ def test_ended_runs_cannot_be_cancelled(phase):
     assert (error.status, error.code) == (409, "no_active_run")
     assert error.message == f"the project has no active run (latest run is {phase.value})"
     assert refusal(lambda: cancellable(None)).message == "the project has no active run"
+
+
+@pytest.mark.parametrize(
+    ("phase", "status", "cut_short"),
+    [
+        (Phase.CANCELLED, "training", True),  # the run recorded, the project not yet
+        (Phase.CANCELLED, "pending_training", False),  # a cancel that finished
+        (Phase.FAILED, "training", False),
+        (Phase.RUNNING, "training", False),
+    ],
+)
+def test_a_cancel_cut_short_is_told_apart(phase, status, cut_short):
+    run = Run(id=uuid4(), project_id=PROJECT_ID, name="r", phase=phase)
+
+    assert cancel_cut_short(project(status=status), run, SETTINGS) is cut_short

@@ -32,6 +32,8 @@ SPEC = RunSpec(
         (None, False, 1, ExitAction.RETRY),
         (1, False, 0, ExitAction.FAIL),
         (-signal.SIGKILL, False, 0, ExitAction.FAIL),
+        (-signal.SIGTERM, False, 0, ExitAction.RETRY),  # before the trainer's handler
+        (-signal.SIGTERM, False, 3, ExitAction.FAIL),
         (-signal.SIGTERM, True, 0, ExitAction.IGNORE),
         (75, True, 0, ExitAction.IGNORE),
     ],

@@ -200,6 +200,14 @@ def test_pod_runs_non_root_on_a_read_only_root_with_scratch_space() -> None:
     assert mounts == {"/scratch": "scratch", "/tmp": "tmp", "/dev/shm": "dshm"}
 
 
+@pytest.mark.parametrize(("spot", "grace"), [(True, 15), (False, 30)])
+def test_grace_period_fits_the_node_s_notice(spot: bool, grace: int) -> None:
+    """The trainer checkpoints on SIGTERM within what the node grants: GKE gives ordinary pods
+    on Spot nodes 15 s of a preemption's notice; elsewhere Kubernetes' default 30 s."""
+    pod = job_for(resources=Resources(gpu_count=1, spot=spot))["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+
+
 def test_priority_class_is_optional() -> None:
     assert "priorityClassName" not in job_for()["spec"]["template"]["spec"]
     config = CONFIG.model_copy(update={"priority_class": "training-low"})

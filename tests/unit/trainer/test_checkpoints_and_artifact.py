@@ -53,6 +53,23 @@ def test_checkpoints_move_forward_and_leave_one_behind(tmp_path: Path) -> None:
     assert _objects(bucket) == []
 
 
+def test_a_position_already_saved_is_not_written_again(tmp_path: Path) -> None:
+    """A stop asked during an epoch's end saves nothing twice: that epoch's checkpoint holds it."""
+    uploads: list[str] = []
+
+    class CountingStore(LocalBlobStore):
+        def upload(self, src: Path, url: str, **options: object) -> object:  # type: ignore[override]
+            uploads.append(url.rsplit("/", 1)[-1])
+            return super().upload(src, url, **options)  # type: ignore[arg-type]
+
+    checkpoints = Checkpoints(CountingStore(), f"file://{tmp_path}/m.pth", "run-1", tmp_path)
+    first = checkpoints.save(_state(1))
+    assert checkpoints.save(_state(1)) == first
+    checkpoints.save(_state(1, batches=3))
+    assert uploads == ["step-0001-000000.pt", "step-0001-000003.pt"]
+    assert checkpoints.latest_pointer()["position"]["batches"] == 3  # type: ignore[index]
+
+
 def test_a_pointer_outside_the_run_is_ignored(tmp_path: Path) -> None:
     store = LocalBlobStore()
     checkpoints = Checkpoints(store, f"file://{tmp_path}/m.pth", "run-1", tmp_path)

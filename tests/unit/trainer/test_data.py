@@ -101,13 +101,65 @@ def test_augmentation_crops_and_flips_within_the_image() -> None:
     assert not torch.equal(out, ramp)
 
 
-def test_cache_and_stream_give_the_same_batches(tmp_path: Path) -> None:
-    split = _images(tmp_path, 10)
+@pytest.mark.parametrize(
+    ("fmt", "size", "largest_difference"),
+    [
+        ("JPEG", (40, 30), 1),  # torchvision.io decodes it: the same pixels but for rounding
+        ("PNG", (40, 30), 1),
+        ("PNG", (120, 90), 1),
+        ("JPEG", (120, 90), 0),  # twice the target: PIL at a reduced scale, as the cache does
+    ],
+)
+def test_cache_and_stream_give_the_same_batches(
+    tmp_path: Path, fmt: str, size: tuple[int, int], largest_difference: int
+) -> None:
+    split = _images(tmp_path, 10, size, fmt)
     order = torch.tensor([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])
     cached = list(CachedImages(split, 16, CPU, "cpu").batches(order, 4, skip=1))
-    streamed = list(StreamedImages(split, 16, CPU, workers=1).batches(order, 4, skip=1))
-    assert [len(labels) for _, labels in cached] == [4, 2]  # batch 0 skipped, as a resume does
-    for (cached_x, cached_y), (streamed_x, streamed_y) in zip(cached, streamed, strict=True):
-        assert torch.equal(cached_x, streamed_x)
-        assert torch.equal(cached_y, streamed_y)
+    for decoder, most in (("auto", largest_difference), ("pil", 0)):
+        streamed = StreamedImages(split, 16, CPU, workers=1, decoder=decoder)
+        batches = list(streamed.batches(order, 4, skip=1))
+        assert [len(labels) for _, labels in batches] == [4, 2]  # batch 0 skipped, as on resume
+        for (cached_x, cached_y), (streamed_x, streamed_y) in zip(cached, batches, strict=True):
+            assert streamed_x.shape == cached_x.shape and streamed_x.dtype == torch.uint8
+            assert (streamed_x.int() - cached_x.int()).abs().max() <= most, decoder
+            assert torch.equal(cached_y, streamed_y)
     assert cached[0][1].tolist() == [split.labels[i] for i in (5, 9, 2, 6)]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("decoder", ["auto", "torchvision", "pil"])
+def test_a_corrupt_image_in_the_stream_is_named(tmp_path: Path, fmt: str, decoder: str) -> None:
+    split = _images(tmp_path, 6, fmt=fmt)
+    whole = split.paths[4].read_bytes()
+    split.paths[4].write_bytes(whole[: len(whole) // 2])  # the header is fine, the data cut
+    streamed = StreamedImages(split, 16, CPU, workers=1, decoder=decoder)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput) as raised:
+        list(streamed.batches(torch.arange(6), 2))
+    # The same message as the cache's, not wrapped in the worker's traceback.
+    assert str(raised.value).startswith(f"cannot decode image 4.{fmt.lower()}: ")
+    assert not any(noise in str(raised.value) for noise in ("Traceback", "worker", ".cpp"))
+
+
+def test_jpegs_left_to_the_device_are_decoded_with_their_batch(tmp_path: Path) -> None:
+    """The CUDA path (workers pass JPEG bytes on, the batch is decoded together), with the
+    CPU standing in for the GPU: the same batches, PNGs mixed in, and a corrupt JPEG named."""
+    (tmp_path / "jpeg").mkdir()
+    (tmp_path / "png").mkdir()
+    jpegs, pngs = _images(tmp_path / "jpeg", 6), _images(tmp_path / "png", 4, fmt="PNG")
+    split = Split(jpegs.paths + pngs.paths, jpegs.labels + pngs.labels)
+    order = torch.tensor([9, 0, 5, 7, 1, 2, 8, 3, 4, 6])
+
+    def streamed() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        source = StreamedImages(split, 16, CPU, workers=1)
+        source.loader.dataset.gpu_jpeg = True  # type: ignore[attr-defined]
+        return list(source.batches(order, 4))
+
+    cached = list(CachedImages(split, 16, CPU, "cpu").batches(order, 4))
+    for (cached_x, cached_y), (streamed_x, streamed_y) in zip(cached, streamed(), strict=True):
+        assert (streamed_x.int() - cached_x.int()).abs().max() <= 1
+        assert torch.equal(cached_y, streamed_y)
+    whole = split.paths[2].read_bytes()
+    split.paths[2].write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidInput, match=r"^cannot decode image 2\.jpeg: "):
+        streamed()

@@ -13,6 +13,7 @@ from trainer.engine import (
     should_compile,
 )
 from trainer.models import create_model
+from trainer.precision import Precision
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -25,15 +26,18 @@ class _Tensors(CachedImages):
         self.images, self.labels, self.device = images, labels, CPU
 
 
-def _trainer(seed: int = 7) -> Trainer:
+def _trainer(seed: int = 7, precision: Precision = "fp32", size: int = 16) -> Trainer:
     # Two classes a network can tell apart: dark and bright images, with noise.
     labels = torch.arange(48) % 2
-    noise = torch.randint(0, 100, (48, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    noise = torch.randint(0, 100, (48, 3, size, size), generator=torch.Generator().manual_seed(0))
     images = (labels.view(-1, 1, 1, 1) * 120 + noise).to(torch.uint8)
     torch.manual_seed(seed)  # the model's initial weights
     train = _Tensors(images[:40], labels[:40])
     val = _Tensors(images[40:], labels[40:])
-    config = TrainConfig(epochs=3, learning_rate=0.001, batch_size=4, seed=seed, compile="off")
+    config = TrainConfig(
+        epochs=3, learning_rate=0.001, batch_size=4, seed=seed, compile="off",
+        precision=precision, image_size=size,
+    )  # fmt: skip
     return Trainer(create_model("resnet18", 2), train, 40, val, 8, 2, config, CPU)
 
 
@@ -126,3 +130,39 @@ def test_checkpoints_inside_an_epoch_change_nothing_and_resume_from_their_batch(
     assert [r.epoch for r in history] == [1, 2, 3]
     for name, value in uninterrupted.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with() -> None:
+    uninterrupted = _trainer(precision="bf16", size=32)
+    uninterrupted.fit(lambda _: None)
+
+    first = _trainer(precision="bf16", size=32)
+    batches = 0
+
+    def stop_in_epoch_2() -> bool:
+        nonlocal batches
+        batches += 1
+        return batches > 13
+
+    try:
+        first.fit(lambda _: None, stop_in_epoch_2)
+    except Interrupted:
+        pass
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    assert state["precision"] == "bf16"
+
+    resumed = _trainer(seed=99, precision="fp32", size=32)  # PRECISION changed in between
+    resumed.load_state_dict(state)
+    assert str(resumed.precision) == "bf16: as the run started"
+    resumed.fit(lambda _: None)
+    for name, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+    # A checkpoint from before precision was stored: what that version used (bf16 on CUDA).
+    del state["precision"]
+    older = _trainer(seed=99, precision="bf16", size=32)
+    older.load_state_dict(state)
+    assert older.precision.precision == "fp32"
