@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -273,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         "--warmup", type=int, help="untimed steps first (default: 10 on CUDA, 2 on CPU)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=1, help="repeat and keep the median (noisy machines)"
+        "--rounds", type=int, default=1,
+        help="repeat and keep each contender's best (on a shared machine, others' work only "
+        "slows a measurement down)",
     )
     parser.add_argument(
         "--compile",
@@ -354,23 +355,22 @@ def _table(
     rounds = len(next(iter(results.values())))
     table = Table(
         title=f"Training images/s at {size} px on {_device_name(device)}, batch {batch}, "
-        f"{steps} timed steps (median of {rounds} round(s))"
+        f"{steps} timed steps (best of {rounds} round(s))"
     )
     for column in ("model", "pipeline", "images/s", "× seed", "% of ceiling", "how"):
         numeric = column in ("images/s", "× seed", "% of ceiling")
         table.add_column(column, justify="right" if numeric else "left")
     for model, measured in results.items():
-        median = [
-            statistics.median(r[i].images_per_second for r in measured)
+        best = [
+            max((r[i] for r in measured), key=lambda m: m.images_per_second)
             for i in range(len(measured[0]))
         ]
-        seed, top = median[0], median[-1]
-        for index, value in enumerate(median):
-            first = measured[0][index]
+        seed, top = best[0].images_per_second, best[-1].images_per_second
+        for index, measure in enumerate(best):
+            value = measure.images_per_second
             table.add_row(
-                model if index == 0 else "", first.name, f"{value:,.1f}", f"{value / seed:.2f}×",
-                f"{100 * value / top:.0f}%", first.detail,
-                end_section=index == len(median) - 1,
+                model if index == 0 else "", measure.name, f"{value:,.1f}", f"{value / seed:.2f}×",
+                f"{100 * value / top:.0f}%", measure.detail, end_section=index == len(best) - 1,
             )  # fmt: skip
     startup_text = ", ".join(f"{k} {v:.1f} s" for k, v in startup.items())
     decode_text = ", ".join(f"{k} {v:.2f} ms" for k, v in decoding.items())
