@@ -23,6 +23,16 @@ def serve(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
+def wait_until_healthy(base: str) -> None:
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, timeout=60, interval=0.2)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,14 +56,7 @@ def test_serve_answers_over_http_and_stops_cleanly(database_url, tmp_path):
     process = serve(env, "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, timeout=60, interval=0.2)
+        wait_until_healthy(base)
         ready = httpx.get(f"{base}/ready")
         refused = httpx.get(f"{base}/metrics")
         metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -81,14 +84,7 @@ def test_several_workers_serve_and_count_their_requests_together(
     process = serve(env, "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, timeout=60, interval=0.2)
+        wait_until_healthy(base)
         answers = [httpx.get(f"{base}/ready").status_code for _ in range(20)]  # a connection each
         text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     finally:

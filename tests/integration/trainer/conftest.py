@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,14 @@ class TrainerCase:
             torch.set_num_threads(threads)
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
+
+    def wait_for_epoch(self, process: subprocess.Popen[bytes], epoch: int) -> None:
+        """Until the run's recorded progress reaches ``epoch`` (the trainer still alive)."""
+        deadline = time.monotonic() + 180
+        while self.store.get_run(self.run.id).progress.get("epoch", 0) < epoch:
+            assert process.poll() is None, self.output()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.1)
 
     def output(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.attempts)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -68,14 +67,6 @@ def _steps(accumulator: EventAccumulator) -> dict[str, list[int]]:
         tag: [event.step for event in accumulator.Scalars(tag)]
         for tag in accumulator.Tags()["scalars"]
     }
-
-
-def _wait_for_epoch(case: TrainerCase, process: subprocess.Popen[bytes], epoch: int) -> None:
-    deadline = time.monotonic() + 180
-    while case.store.get_run(case.run.id).progress.get("epoch", 0) < epoch:
-        assert process.poll() is None, case.output()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.1)
 
 
 def _mlflow_run(server: MlflowServer, experiment: str, case: TrainerCase) -> Any:
@@ -170,7 +161,7 @@ def test_a_resumed_run_continues_its_mlflow_run_and_its_event_folder(
     case.spec = case.spec.model_copy(update={"epochs": 3})
 
     first = case.start()  # SIGTERM in epoch 2: exit 75, to be resumed
-    _wait_for_epoch(case, first, 1)
+    case.wait_for_epoch(first, 1)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == EXIT_RETRY, case.output()
     assert _mlflow_run(mlflow_server, experiment, case).info.status == "KILLED"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,14 +23,6 @@ from tests.integration.trainer.conftest import TrainerCase
 pytestmark = [pytest.mark.slow, pytest.mark.digits(limit=600)]
 
 
-def _wait_for_epoch(case: TrainerCase, process: subprocess.Popen[bytes], epoch: int) -> None:
-    deadline = time.monotonic() + 180
-    while case.store.get_run(case.run.id).progress.get("epoch", 0) < epoch:
-        assert process.poll() is None, case.output()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.1)
-
-
 def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase) -> None:
     case = trainer_case
     case.spec = case.spec.model_copy(update={"epochs": 3})
@@ -39,7 +30,7 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
 
     # 1. SIGTERM during epoch 2: the current batch ends, a checkpoint is written, exit 75.
     first = case.start()
-    _wait_for_epoch(case, first, 1)
+    case.wait_for_epoch(first, 1)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == EXIT_RETRY, case.output()
     assert case.store.get_run(case.run.id).phase == Phase.RUNNING  # not over: it will resume
@@ -50,7 +41,7 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(trainer_case: TrainerCase)
 
     # 2. SIGKILL once epoch 2 is done: nothing runs on the way out; the bucket still has epoch 2.
     second = case.start()
-    _wait_for_epoch(case, second, 2)
+    case.wait_for_epoch(second, 2)
     second.kill()
     second.wait(timeout=30)
 
@@ -91,7 +82,7 @@ def test_a_checkpoint_written_on_sigterm_is_whole_and_resumable(
     pointer_url = f"{case.spec.model_url}.checkpoints/{case.run.id}/latest.json"
 
     first = case.start()
-    _wait_for_epoch(case, first, 1)
+    case.wait_for_epoch(first, 1)
     time.sleep(0.5)  # past epoch 1's end: the signal lands inside epoch 2's batches
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == EXIT_RETRY, case.output()
