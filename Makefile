@@ -36,7 +36,10 @@ browser: ## Install Debian's chromium for the web page's tests, where it is miss
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y --no-install-recommends chromium)
 
-test: $(STAMP) tools browser ## Install the dev extra, the Go tools and chromium; run every test
+lint: $(STAMP) ## Check that imports point one way (the contracts in pyproject.toml)
+	$(BIN)/lint-imports
+
+test: $(STAMP) tools browser lint ## Install the dev extra, the Go tools and chromium; check the import layers; run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## Train a real model end to end on this machine (embedded Postgres, local bucket)

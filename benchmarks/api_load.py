@@ -32,7 +32,7 @@ from training_core.store.postgres import PostgresStore
 TOKEN = "benchmark-token-0123456789"
 SERVER = """
 import sys, uvicorn
-from training_core.launchers.local import LocalLauncher
+from training_api.launchers.local import LocalLauncher
 from training_core.settings import load_settings
 from training_core.store import open_store
 from training_api import create_app

@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training_core.migrations import apply_migrations
 from training_core.runspec import model_url_for
-from training_core.samples import write_digits_zip
+from training_agent.samples import write_digits_zip
 from training_core.store.postgres import PostgresStore
 
 from tests.fixtures.gcs import FakeGcsServer, free_port

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from training_core.errors import AgentError
-from training_core.launchers import Launcher, open_launcher
+from training_api.launchers import Launcher, open_launcher
 from training_core.settings import Settings, SettingsError
 from training_core.store import Store, open_store
 from training_api.auth import Authenticator

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from training_core.errors import StoreUnavailable
-from training_core.launchers import LauncherUnavailable
+from training_api.launchers import LauncherUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from training_core.blobs import BlobStore, open_blob_store
 from training_core.dataset import DatasetDescription
-from training_core.domain import ACTIVE_PHASES, Dataset, LogEntry, ModelRecord, Phase, Project, Run
+from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
 from training_core.errors import (
     BlobError,
     BlobNotFound,
@@ -31,13 +31,14 @@ from training_core.errors import (
     StoreUnavailable,
 )
 from training_core.intake import intake_dataset
-from training_core.launchers import Launcher, LauncherUnavailable
+from training_core.lifecycle import EndSteps, RunEnd, end_run
 from training_core.logs import bind
 from training_core.runspec import RunSpec, model_url_for
 from training_core.settings import Settings
-from training_core.store import NewRun, ProjectRun, ProjectStatus, RunUpdate, Store
+from training_core.store import NewRun, ProjectRun, ProjectStatus, Store
 from training_api import decisions
 from training_api.errors import ApiError, unavailable
+from training_api.launchers import Launcher, LauncherUnavailable
 from training_api.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -169,14 +170,13 @@ class TrainingService:
             log.warning("launcher refused run %s: %s", run.name, error)
             self.metrics.runs_failed.inc()
             reason = f"the launcher could not start the run: {error}"
-            with suppress(InvalidState):  # it ended meanwhile: nothing to undo
-                self.store.update_run(
-                    run.id, RunUpdate(phase=Phase.FAILED, error=reason), expected=ACTIVE_PHASES
-                )
-            self._release_claim(project)
-            self.store.log(
-                project.id, f"Training run {run.name} failed to start: {reason}", "error"
-            )
+            failed = RunEnd(
+                run.id, project.id, Phase.FAILED,
+                f"Training run {run.name} failed to start: {reason}", "error", error=reason,
+                project_status=self.settings.status_pending,  # the claim is given back
+            )  # fmt: skip
+            with suppress(InvalidState):  # it ended meanwhile (a cancel): nothing to undo
+                end_run(self.store, self.settings, failed)
             raise unavailable(
                 "launcher_unavailable", "the launcher could not start the run; retry later"
             ) from None
@@ -198,12 +198,6 @@ class TrainingService:
                 level="warning",
             )
         return released
-
-    def _release_claim(self, project: Project) -> None:
-        with suppress(InvalidState):  # someone else moved it on: leave their status
-            self.store.set_project_status(
-                project.id, self.settings.status_pending, expected=[self.settings.status_training]
-            )
 
     def _existing_run(self, project: Project) -> Started:
         """An active run answers a repeated start; otherwise the project's status refuses it."""
@@ -270,31 +264,26 @@ class TrainingService:
 
     def _record_cancel(self, project: Project, run: Run) -> tuple[Run, Project]:
         try:
-            run = self.store.update_run(
-                run.id,
-                RunUpdate(phase=Phase.CANCELLED, error="cancelled on request"),
-                expected=ACTIVE_PHASES,
-            )
+            return self._finish_cancel(project, run, EndSteps())
         except InvalidState as error:
             if str(error.actual) == Phase.CANCELLED.value:
                 # The operator saw its TrainingRun go and recorded the same cancel first.
                 return self.store.get_run(run.id), self.store.get_project(project.id)
             message = f"the run ended before it could be cancelled ({error.actual})"
             raise self._refused(project, ApiError(409, "run_finished", message)) from None
-        return self._finish_cancel(project, run)
 
-    def _finish_cancel(self, project: Project, run: Run) -> tuple[Run, Project]:
-        """The project's status and the log line of a run recorded Cancelled."""
-        try:
-            project = self.store.set_project_status(
-                project.id,
-                self.settings.status_after_cancel,
-                expected=[self.settings.status_training],
-            )
-        except InvalidState:  # the project moved on meanwhile: report what it is
-            project = self.store.get_project(project.id)
-        self.store.log(project.id, f"Training run {run.name} cancelled on request")
-        return run, project
+    def _finish_cancel(
+        self, project: Project, run: Run, steps: EndSteps | None = None
+    ) -> tuple[Run, Project]:
+        """Record the cancel: the run (``steps`` None: it is Cancelled already, a cancel cut
+        short is finished), the project's status and the log line."""
+        cancelled = RunEnd(
+            run.id, project.id, Phase.CANCELLED, f"Training run {run.name} cancelled on request",
+            error="cancelled on request",
+        )  # fmt: skip
+        ended = end_run(self.store, self.settings, cancelled, steps=steps or EndSteps(run=True))
+        # No project: it moved on meanwhile; report what it is.
+        return ended.run or run, ended.project or self.store.get_project(project.id)
 
     # -- reads ---------------------------------------------------------------------------
     def runs(self, project_id: str, limit: int) -> tuple[Project, list[Run]]:

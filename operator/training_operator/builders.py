@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,6 @@ from training_core.runspec import (
     EXIT_MISCONFIGURED,
     RunSpec,
 )
-from training_core.settings import Settings
 
 from training_operator.config import OperatorConfig
 
@@ -248,7 +247,6 @@ class Transition:
     level: str
     log_line: str
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_status(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> StatusUpdate:
@@ -445,15 +443,6 @@ def cancel_transition(run_name: str) -> Transition:
         f"TrainingRun {run_name} was deleted: run cancelled",
         "cancelled: the TrainingRun was deleted",
     )
-
-
-def project_status_after(phase: Phase, settings: Settings) -> str | None:
-    """The project status a terminal phase leads to (from ``training`` only)."""
-    return {
-        Phase.SUCCEEDED: settings.status_trained,
-        Phase.FAILED: settings.status_failed,
-        Phase.CANCELLED: settings.status_after_cancel,
-    }.get(phase)
 
 
 # -- what ``kubectl get tr`` shows ----------------------------------------------------------

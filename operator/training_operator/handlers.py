@@ -15,8 +15,9 @@ from uuid import UUID
 import kopf
 from training_core.domain import Phase, Run
 from training_core.errors import InvalidState, NotFound
+from training_core.lifecycle import RunEnd, end_run
 from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
-from training_core.settings import Settings, load_settings
+from training_core.settings import load_settings
 from training_core.store import RunUpdate, Store, open_store
 
 from training_operator import builders
@@ -206,6 +207,12 @@ def _commit(memo: kopf.Memo, spec: RunSpec, transition: Transition) -> Run | Non
     """Apply the transition if the run is where it expects; the run when this call won."""
     store: Store = memo.store
     try:
+        if transition.phase.is_terminal:  # the one way a run ends, the project with it
+            ended = RunEnd(
+                spec.run_id, spec.project_id, transition.phase, transition.log_line,
+                transition.level, error=transition.error,
+            )  # fmt: skip
+            return end_run(store, memo.settings, ended).run
         run = store.update_run(
             spec.run_id,
             RunUpdate(phase=transition.phase, error=transition.error),
@@ -213,19 +220,8 @@ def _commit(memo: kopf.Memo, spec: RunSpec, transition: Transition) -> Run | Non
         )
     except (InvalidState, NotFound):
         return None
-    _settle_project(store, memo.settings, spec.project_id, transition.phase)
     store.log(spec.project_id, transition.log_line, transition.level)
     return run
-
-
-def _settle_project(store: Store, settings: Settings, project_id: UUID, phase: Phase) -> None:
-    status = builders.project_status_after(phase, settings)
-    if status is None:
-        return
-    try:
-        store.set_project_status(project_id, status, expected=[settings.status_training])
-    except InvalidState:  # the trainer (or the API) settled it already
-        pass
 
 
 def _stored_run(store: Store, run_id: UUID) -> Run | None:

@@ -21,7 +21,7 @@ from tests.fixtures.cluster import Cluster
 from training_api.decisions import TrainingChoice, plan_run
 from training_core import cli
 from training_core.domain import Project
-from training_core.launchers.kubernetes import training_run_resource
+from training_api.launchers.kubernetes import training_run_resource
 from training_core.settings import Settings, load_settings
 from training_operator.builders import job_labels, job_manifest
 from training_operator.config import OperatorConfig

@@ -14,7 +14,7 @@ from tests.deploy import helm, structural
 from tests.deploy.helm import CHART, REPO
 from tests.fixtures.cluster import Cluster
 from training_core.domain import run_name
-from training_core.launchers.kubernetes import training_run_resource
+from training_api.launchers.kubernetes import training_run_resource
 from training_core.runspec import RunSpec
 
 SHIPPED_CRDS = sorted([REPO / "operator" / "training_operator" / "crd.yaml", *(CHART / "crds").glob("*.yaml")])

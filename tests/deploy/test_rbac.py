@@ -11,7 +11,7 @@ from tests.deploy import helm
 from tests.deploy.conftest import REQUIRED
 from tests.fixtures.cluster import Cluster
 from training_core.domain import Phase, Run, run_name
-from training_core.launchers.kubernetes import KubernetesLauncher
+from training_api.launchers.kubernetes import KubernetesLauncher
 from training_core.runspec import RunSpec
 from training_operator.permissions import as_rbac_rules
 

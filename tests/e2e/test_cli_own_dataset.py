@@ -23,7 +23,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.fixtures.digits import DigitsZip
-from training_core.localstack import start_local_stack
+from training_agent.localstack import start_local_stack
 from training_core.settings import Settings
 
 pytestmark = pytest.mark.slow

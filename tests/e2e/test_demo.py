@@ -14,7 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from trainer.artifact import load_model
-from training_core.localstack import start_local_stack
+from training_agent.localstack import start_local_stack
 
 
 def run_demo_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

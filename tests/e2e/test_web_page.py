@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.fixtures.digits import DigitsZip
-from training_core.localstack import start_local_stack
+from training_agent.localstack import start_local_stack
 from training_core.settings import Settings
 from training_core.store.postgres import PostgresStore
 

@@ -14,7 +14,7 @@ from tests.fixtures.cluster import free_port
 from tests.fixtures.digits import DigitsZip
 from training_core.blobs import open_blob_store
 from training_core.errors import AgentError, InvalidInput, StoreUnavailable
-from training_core.registration import register_project
+from training_agent.registration import register_project
 from training_core.settings import Settings, load_settings
 from training_core.store import Store
 from training_core.store.postgres import PostgresStore

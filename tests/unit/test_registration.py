@@ -12,7 +12,7 @@ from training_api.decisions import resolve_training
 from training_api.errors import ApiError
 from training_core.domain import Dataset, Project
 from training_core.errors import InvalidInput
-from training_core.registration import (
+from training_agent.registration import (
     InvalidOption,
     TrainingOptions,
     archive_suffix,

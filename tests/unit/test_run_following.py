@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from training_core.api_client import ApiRefused, ApiUnreachable, refusal_of
-from training_core.cli_runs import read_token, riding_out, status_lines
-from training_core.run_progress import bar_state
+from training_agent.api_client import ApiRefused, ApiUnreachable, refusal_of
+from training_agent.cli_runs import read_token, riding_out, status_lines
+from training_agent.run_progress import bar_state
 
 RUN = {"name": "train-1", "phase": "Running", "epochs": 5, "error": None}
 

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from training_core.domain import Project
-from training_core.launchers import LauncherUnavailable
-from training_core.launchers.local import LocalLauncher
+from training_api.launchers import LauncherUnavailable
+from training_api.launchers.local import LocalLauncher
 from training_core.settings import Settings, load_settings
 from training_core.store.postgres import PostgresStore
 from training_api import create_app

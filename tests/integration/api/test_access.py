@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from training_core.launchers.kubernetes import KubernetesLauncher
+from training_api.launchers.kubernetes import KubernetesLauncher
 from training_core.settings import SettingsError
 from training_api import create_app
 

@@ -10,8 +10,8 @@ import pytest
 from kubernetes import client as k8s
 
 from training_core.domain import Phase, Run
-from training_core.launchers import LauncherUnavailable
-from training_core.launchers.kubernetes import KubernetesLauncher
+from training_api.launchers import LauncherUnavailable
+from training_api.launchers.kubernetes import KubernetesLauncher
 from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
 from training_api import create_app
 

@@ -19,7 +19,7 @@ import pytest
 
 from training_core.domain import Phase, run_name
 from training_core.errors import StoreUnavailable
-from training_core.launchers.local import LocalLauncher
+from training_api.launchers.local import LocalLauncher
 from training_core.runspec import RunSpec
 from training_core.store.base import NewRun, RunUpdate
 

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from training_core.blobs import open_blob_store
 from training_core.domain import Phase
-from training_core.launchers.local import LocalLauncher
-from training_core.samples import write_digits_zip
+from training_api.launchers.local import LocalLauncher
+from training_agent.samples import write_digits_zip
 from training_api import create_app
 
 from tests.integration.api.conftest import AUTH, make_settings, wait_for

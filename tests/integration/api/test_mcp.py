@@ -24,7 +24,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
 
 from training_core.domain import Phase
-from training_core.launchers.local import LocalLauncher
+from training_api.launchers.local import LocalLauncher
 from training_core.runspec import SUPPORTED_MODELS
 from training_api import create_app
 

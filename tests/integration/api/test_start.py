@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from kubernetes import client as k8s
 
 from training_core.domain import Phase
-from training_core.launchers.kubernetes import KubernetesLauncher
+from training_api.launchers.kubernetes import KubernetesLauncher
 from training_core.runspec import RunSpec
 from training_core.store.base import NewRun, RunUpdate
 from training_api import create_app

@@ -127,7 +127,7 @@ def test_cancel_stops_the_process_and_records_it(client, store, idle_launcher, p
 def test_cancel_with_status_after_cancel_setting(database_url, tmp_path, store, project_factory):
     from fastapi.testclient import TestClient
 
-    from training_core.launchers.local import LocalLauncher
+    from training_api.launchers.local import LocalLauncher
     from training_api import create_app
 
     from tests.integration.api.conftest import AUTH, IDLE_TRAINER, make_settings
@@ -183,7 +183,7 @@ def test_cancel_recorded_first_by_the_operator_is_still_a_success(
     the API does: the caller asked for a cancel and got one, so the answer is 200."""
     from fastapi.testclient import TestClient
 
-    from training_core.launchers.local import LocalLauncher
+    from training_api.launchers.local import LocalLauncher
     from training_api import create_app
 
     from tests.integration.api.conftest import AUTH, IDLE_TRAINER, make_settings

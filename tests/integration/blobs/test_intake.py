@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from training_core.blobs import open_blob_store
-from training_core.cli import app
+from training_agent.cli import app
 from training_core.runspec import EXIT_DO_NOT_RETRY
 from training_core.settings import load_settings
 from typer.testing import CliRunner

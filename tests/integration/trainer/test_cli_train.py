@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from trainer import load_model
-from training_core.cli import app
+from training_agent.cli import app
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK
 from typer.testing import CliRunner, Result
 

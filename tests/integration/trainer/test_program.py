@@ -115,7 +115,7 @@ def test_a_run_trains_uploads_and_records_its_model(
 
 def _validation_images(folder: Path, count: int) -> list[Path]:
     """One validation image per class from the dataset zip the run trained on."""
-    from training_core.samples import write_digits_zip
+    from training_agent.samples import write_digits_zip
 
     archive = write_digits_zip(folder / "digits.zip", 16)
     out = []

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import pytest
 
-from training_core.launchers.kubernetes import training_run_resource
-from training_core.launchers.local import ExitAction, describe_exit, exit_action, settings_env
+from training_api.launchers.kubernetes import training_run_resource
+from training_api.launchers.local import ExitAction, describe_exit, exit_action, settings_env
 from training_core.runspec import RunSpec
 from training_core.settings import load_settings
 

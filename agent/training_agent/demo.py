@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from training_core.localstack import LocalStack, start_local_stack
-from training_core.run_progress import follow_run
+from training_agent.localstack import LocalStack, start_local_stack
+from training_agent.run_progress import follow_run
 from training_core.store.postgres import PostgresStore
 
 
@@ -90,7 +90,7 @@ def _register_project(
     stack: LocalStack, store: PostgresStore, model: str, epochs: int, image_size: int, console: Console
 ) -> str:
     """Play the platform: put the dataset in the bucket and record the project."""
-    from training_core.samples import write_digits_zip
+    from training_agent.samples import write_digits_zip
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     zip_path = stack.home / "bucket" / "raw" / f"digits-{stamp}.zip"

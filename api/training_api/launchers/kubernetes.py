@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from training_core.domain import Run
-from training_core.launchers.base import Launcher, LauncherUnavailable
+from training_api.launchers.base import Launcher, LauncherUnavailable
 from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, RunSpec
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from training_core.runspec import EXIT_DO_NOT_RETRY, SUPPORTED_MODELS
 
 if TYPE_CHECKING:
     from training_core.domain import Project
-    from training_core.registration import Registered, TrainingOptions
+    from training_agent.registration import Registered, TrainingOptions
     from training_core.settings import Settings
     from training_core.store import Store
 
@@ -58,7 +58,7 @@ def create(
     """Register a project, ready to train, and its dataset; prints the project's id.
 
     Options left out are the API's defaults (DEFAULT_EPOCHS, BATCH_SIZE, IMAGE_SIZE, …)."""
-    from training_core.registration import TrainingOptions
+    from training_agent.registration import TrainingOptions
 
     if not name.strip():
         raise typer.BadParameter("must not be empty", param_hint="--name")
@@ -96,8 +96,8 @@ def list_(
 def opened_store(local: bool) -> Iterator[tuple[Settings, Store]]:
     """The settings and store the API uses: with ``local``, those of ``serve --local`` (the
     environment still wins), its database started if needed and stopped again after."""
-    from training_core.cli import settings_or_exit
-    from training_core.localstack import use_local_stack
+    from training_agent.cli import settings_or_exit
+    from training_agent.localstack import use_local_stack
     from training_core.store import open_store
 
     stack = use_local_stack() if local else None
@@ -114,8 +114,8 @@ def opened_store(local: bool) -> Iterator[tuple[Settings, Store]]:
 
 
 def _metadata_or_usage_error(chosen: TrainingOptions) -> dict[str, Any]:
-    from training_core.cli import settings_or_exit
-    from training_core.registration import InvalidOption, training_metadata
+    from training_agent.cli import settings_or_exit
+    from training_agent.registration import InvalidOption, training_metadata
 
     try:
         return training_metadata(chosen, settings_or_exit())
@@ -129,7 +129,7 @@ def _register_or_exit(
 ) -> Registered:
     from training_core.blobs import open_blob_store
     from training_core.errors import InvalidInput
-    from training_core.registration import register_project
+    from training_agent.registration import register_project
 
     blobs = open_blob_store(settings)
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from training_core.cli_projects import projects_app
-from training_core.cli_runs import runs_app
+from training_agent.cli_projects import projects_app
+from training_agent.cli_runs import runs_app
 from training_core.errors import AgentError
 from training_core.logs import setup_logging
 from training_core.settings import Settings, SettingsError, get_settings
@@ -89,7 +89,7 @@ def check_dataset(
     """Check a dataset as a training run would: safe extraction, layout, every image."""
     import tempfile
 
-    from training_core.dataset_report import print_description
+    from training_agent.dataset_report import print_description
     from training_core.errors import InvalidInput
     from training_core.intake import intake_dataset
     from training_core.runspec import EXIT_DO_NOT_RETRY
@@ -115,7 +115,7 @@ def demo(
     home: Path | None = typer.Option(None, help="State folder (default: TRAINING_AGENT_HOME or ./.local)."),
 ) -> None:
     """Train a real model end to end on this machine, over the HTTP API."""
-    from training_core.demo import run_demo
+    from training_agent.demo import run_demo
 
     setup_logging("WARNING")
     result = run_demo(home=home, model=model, epochs=epochs, image_size=image_size)
@@ -143,7 +143,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (start, status and cancel training runs)."""
     from training_api import server
-    from training_core.localstack import use_local_stack
+    from training_agent.localstack import use_local_stack
 
     stack = use_local_stack() if local else None
     if stack is not None:

@@ -17,9 +17,9 @@ from uuid import UUID
 
 import typer
 
-from training_core.api_client import ApiRefused, ApiUnreachable, TrainingApi
-from training_core.localstack import local_home
-from training_core.run_progress import TERMINAL_PHASE_NAMES, Status, follow_run, progress_detail
+from training_agent.api_client import ApiRefused, ApiUnreachable, TrainingApi
+from training_agent.localstack import local_home
+from training_agent.run_progress import TERMINAL_PHASE_NAMES, Status, follow_run, progress_detail
 
 DEFAULT_URL = "http://127.0.0.1:8000"  # where `training-agent serve --local` listens
 RIDE_OUT_SECONDS = 60.0  # how long `watch` waits out an API that is briefly away

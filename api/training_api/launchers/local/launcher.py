@@ -27,146 +27,36 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter, deque
 from contextlib import suppress
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psutil
-from pydantic import SecretStr, ValidationError
-
+from pydantic import ValidationError
 from training_core.blobs import delete_folder, open_blob_store
 from training_core.domain import ACTIVE_PHASES, Phase, Run
 from training_core.errors import BlobNotFound, InvalidState, StoreUnavailable
-from training_core.launchers.base import Launcher, LauncherUnavailable
-from training_core.runspec import (
-    EXIT_DO_NOT_RETRY,
-    EXIT_OK,
-    EXIT_RETRY,
-    RunSpec,
-    checkpoints_prefix,
-    model_companions,
-)
+from training_core.lifecycle import EndSteps, RunEnd, end_run
+from training_core.runspec import RunSpec, checkpoints_prefix, model_companions
 from training_core.settings import Settings
 from training_core.store.base import RunUpdate, Store
 
+from training_api.launchers.base import Launcher, LauncherUnavailable
+from training_api.launchers.local.exits import ExitAction, TrainerExit, describe_exit, exit_action
+from training_api.launchers.local.process import (
+    LOG_FILE,
+    SAFE_RUN_NAME,
+    TrainerProcess,
+    trainer_env,
+)
+
 log = logging.getLogger(__name__)
-
-_SAFE_RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-# Settings the trainer must not see: the API's own secrets.
-_PRIVATE_SETTINGS = frozenset({"api_tokens"})
-
-
-# -- pure decisions ------------------------------------------------------------------------
-class ExitAction(StrEnum):
-    RECORDED = "recorded"  # the trainer wrote its outcome (0 or 65); check nothing is left active
-    RETRY = "retry"  # interrupted: queue again, resume from the checkpoint
-    FAIL = "fail"  # crashed or out of retries: the launcher records the failure
-    IGNORE = "ignore"  # cancelled on purpose: the cancel request records it
-
-
-def exit_action(
-    returncode: int | None, *, cancelled: bool, retries: int, retry_limit: int
-) -> ExitAction:
-    """What to do when a trainer process ends (``returncode`` None: it vanished unseen)."""
-    if cancelled:
-        return ExitAction.IGNORE
-    if returncode in (EXIT_OK, EXIT_DO_NOT_RETRY):
-        return ExitAction.RECORDED
-    # SIGTERM before the trainer's handler is in place (it imports torch first) ends it by
-    # the signal itself: the same interruption as the exit code its handler gives.
-    if returncode in (EXIT_RETRY, None, -signal.SIGTERM):
-        return ExitAction.RETRY if retries < retry_limit else ExitAction.FAIL
-    return ExitAction.FAIL
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "the trainer process disappeared"
-    if returncode < 0:
-        return f"the trainer process was killed by {signal.Signals(-returncode).name}"
-    return f"the trainer process exited with code {returncode}"
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as environment variables, as a Job's ConfigMap and Secret carry them."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if name in _PRIVATE_SETTINGS or value is None:
-            continue
-        env[name.upper()] = _env_value(value)
-    return env
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ",".join(_env_value(item) for item in value)
-    return str(value)
-
-
-# -- processes -----------------------------------------------------------------------------
-@dataclass
-class _Child:
-    spec: RunSpec
-    pid: int
-    process: subprocess.Popen[bytes] | None = None  # None: adopted after a restart
-    created: float | None = None
-    kill_at: float | None = None  # set by cancel: SIGKILL if still alive then
-
-    def returncode(self) -> tuple[bool, int | None]:
-        """``(ended, code)``; an adopted process is not ours to wait for, so its code is unknown."""
-        if self.process is not None:
-            code = self.process.poll()
-            return code is not None, code
-        return not _alive(self.pid, self.created), None
-
-    def signal_group(self, signum: int) -> None:
-        with suppress(ProcessLookupError, PermissionError):  # already gone
-            os.killpg(self.pid, signum)
-
-
-@dataclass
-class _Recorded:
-    """The steps of recording a run's end that the store has taken (each is taken once)."""
-
-    run: bool = False  # the run's new phase
-    project: bool = False  # the project's status
-
-
-@dataclass
-class _Exit:
-    """A trainer's end, kept until the store has taken all of it (it may be down a while)."""
-
-    child: _Child
-    code: int | None
-    action: ExitAction | None = None  # decided once: a retry counted twice is a retry lost
-    recorded: _Recorded = field(default_factory=_Recorded)
-
-
-def _alive(pid: int, created: float | None) -> bool:
-    """The process exists and is the one we started (a reused pid has another start time)."""
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and (
-            created is None or abs(process.create_time() - created) < 0.05
-        )
-    except psutil.Error:
-        return False
 
 
 class LocalLauncher(Launcher):
@@ -188,10 +78,10 @@ class LocalLauncher(Launcher):
         self._runs_dir = settings.local_runs_dir.resolve()
         self._runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._queue: deque[RunSpec] = deque()
-        self._children: dict[UUID, _Child] = {}
+        self._children: dict[UUID, TrainerProcess] = {}
         self._cancelled: set[UUID] = set()
         self._retries: Counter[UUID] = Counter()
-        self._exits: deque[_Exit] = deque()  # reaped, not yet wholly recorded (watcher only)
+        self._exits: deque[TrainerExit] = deque()  # reaped, not yet wholly recorded (watcher only)
         self._recovered = False
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -223,7 +113,7 @@ class LocalLauncher(Launcher):
         with self._lock:
             child = self._children.get(run.id)
             queued = any(spec.run_id == run.id for spec in self._queue)
-        log_path = self._runs_dir / run.name / "trainer.log"
+        log_path = self._runs_dir / run.name / LOG_FILE
         if child is None and not queued and not log_path.exists():
             return None
         state = "running" if child else "queued" if queued else "ended"
@@ -277,7 +167,7 @@ class LocalLauncher(Launcher):
     def _tick(self) -> None:
         if not self._recovered:
             self._recover()
-        self._exits.extend(_Exit(child, code) for child, code in self._reap())
+        self._exits.extend(TrainerExit(child, code) for child, code in self._reap())
         while self._exits:
             ended = self._exits[0]
             try:
@@ -285,12 +175,12 @@ class LocalLauncher(Launcher):
             except StoreUnavailable:
                 raise  # it stays first, for the next tick
             except Exception:  # noqa: BLE001 - one run's trouble must not hold up the others
-                name = ended.child.spec.run_name
+                name = ended.process.spec.run_name
                 log.exception("local launcher: recording the end of run %s failed", name)
             self._exits.popleft()
         self._fill_slots()
 
-    def _reap(self) -> list[tuple[_Child, int | None]]:
+    def _reap(self) -> list[tuple[TrainerProcess, int | None]]:
         ended = []
         now = time.monotonic()
         with self._lock:
@@ -313,7 +203,7 @@ class LocalLauncher(Launcher):
                 if child is not None:
                     self._children[spec.run_id] = child
 
-    def _spawn(self, spec: RunSpec) -> _Child | None:
+    def _spawn(self, spec: RunSpec) -> TrainerProcess | None:
         try:
             self._store.update_run(
                 spec.run_id, RunUpdate(phase=Phase.RUNNING), expected=ACTIVE_PHASES
@@ -323,38 +213,17 @@ class LocalLauncher(Launcher):
         except StoreUnavailable:
             self._queue.appendleft(spec)  # try again on the next tick
             raise
-        run_dir = self._run_dir(spec.run_name)
-        run_dir.mkdir(exist_ok=True, mode=0o700)
+        env = trainer_env(self._settings, spec)
         try:
-            with (run_dir / "trainer.log").open("ab") as output:
-                process = subprocess.Popen(  # noqa: S603 - a fixed command, no shell
-                    self._command,
-                    env=self._env(spec),
-                    cwd=run_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: cancel reaches its workers
-                )
+            child = TrainerProcess.spawn(self._command, env, spec, self._run_dir(spec.run_name))
         except OSError as error:
             self._fail(spec, f"could not start the trainer: {error.strerror or error}")
             return None
-        created = psutil.Process(process.pid).create_time()
-        (run_dir / "pid").write_text(f"{process.pid} {created}\n")
-        log.info("started run %s as pid %s", spec.run_name, process.pid)
-        return _Child(spec=spec, pid=process.pid, process=process, created=created)
+        log.info("started run %s as pid %s", spec.run_name, child.pid)
+        return child
 
-    def _env(self, spec: RunSpec) -> dict[str, str]:
-        inherited = {k: v for k, v in os.environ.items() if k.lower() not in _PRIVATE_SETTINGS}
-        return {
-            **inherited,
-            **settings_env(self._settings),
-            **spec.to_env(),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def _on_exit(self, ended: _Exit) -> None:
-        spec = ended.child.spec
+    def _on_exit(self, ended: TrainerExit) -> None:
+        spec = ended.process.spec
         if ended.action is None:
             with self._lock:
                 cancelled = spec.run_id in self._cancelled
@@ -386,7 +255,7 @@ class LocalLauncher(Launcher):
                 name="local-launcher-clean-up", daemon=True,
             ).start()  # fmt: skip
 
-    def _retry(self, spec: RunSpec, ended: _Exit) -> None:
+    def _retry(self, spec: RunSpec, ended: TrainerExit) -> None:
         if not ended.recorded.run:
             try:
                 self._store.update_run(
@@ -405,29 +274,15 @@ class LocalLauncher(Launcher):
             "warning",
         )
 
-    def _fail(self, spec: RunSpec, reason: str, recorded: _Recorded | None = None) -> None:
+    def _fail(self, spec: RunSpec, reason: str, recorded: EndSteps | None = None) -> None:
         """Record a failure the trainer could not, unless the run already ended."""
-        recorded = recorded or _Recorded()
-        message = f"{reason}; see {self._runs_dir / spec.run_name / 'trainer.log'}"
-        if not recorded.run:
-            try:
-                self._store.update_run(
-                    spec.run_id,
-                    RunUpdate(phase=Phase.FAILED, error=message),
-                    expected=ACTIVE_PHASES,
-                )
-            except InvalidState:
-                return  # the trainer recorded its outcome: nothing to add
-            recorded.run = True
-        if not recorded.project:
-            with suppress(InvalidState):  # the project moved on (say, a new start): leave it
-                self._store.set_project_status(
-                    spec.project_id,
-                    self._settings.status_failed,
-                    expected=[self._settings.status_training],
-                )
-            recorded.project = True
-        self._store.log(spec.project_id, f"Run {spec.run_name} failed: {message}", "error")
+        message = f"{reason}; see {self._runs_dir / spec.run_name / LOG_FILE}"
+        failed = RunEnd(
+            spec.run_id, spec.project_id, Phase.FAILED,
+            f"Run {spec.run_name} failed: {message}", "error", error=message,
+        )  # fmt: skip
+        with suppress(InvalidState):  # the trainer recorded its outcome: nothing to add
+            end_run(self._store, self._settings, failed, steps=recorded)
 
     def _remove_scratch(self, spec: RunSpec) -> None:
         """What a trainer of this run left in SCRATCH_DIR (its own clean-up never ran if it
@@ -464,33 +319,34 @@ class LocalLauncher(Launcher):
                 except ValidationError:
                     self._mark_unrunnable(run)
                     continue
-                pid, created = self._recorded_pid(run.name)
-                if pid is not None and _alive(pid, created):
-                    self._children[run.id] = _Child(spec=spec, pid=pid, created=created)
-                    log.info("adopted run %s (pid %s)", run.name, pid)
+                adopted = self._adopt(spec)
+                if adopted is not None:
+                    self._children[run.id] = adopted
+                    log.info("adopted run %s (pid %s)", run.name, adopted.pid)
                 else:
                     self._queue.append(spec)
                     log.info("re-queued run %s", run.name)
             self._recovered = True
 
     def _mark_unrunnable(self, run: Run) -> None:
+        """A run that cannot be resumed ends Failed and gives its project back, as a run the
+        launcher could not start does: it never trained, and a project left ``training``
+        would refuse every later start."""
         reason = "its recorded spec is not valid, so it cannot be resumed"
-        try:
-            self._store.update_run(
-                run.id, RunUpdate(phase=Phase.FAILED, error=reason), expected=ACTIVE_PHASES
-            )
-        except InvalidState:
-            return
-        self._store.log(run.project_id, f"Run {run.name} failed: {reason}", "error")
+        failed = RunEnd(
+            run.id, run.project_id, Phase.FAILED, f"Run {run.name} failed: {reason}", "error",
+            error=reason, project_status=self._settings.status_pending,
+        )  # fmt: skip
+        with suppress(InvalidState):
+            end_run(self._store, self._settings, failed)
 
-    def _recorded_pid(self, name: str) -> tuple[int | None, float | None]:
+    def _adopt(self, spec: RunSpec) -> TrainerProcess | None:
         try:
-            pid, created = (self._run_dir(name) / "pid").read_text().split()
-            return int(pid), float(created)
-        except (OSError, ValueError, LauncherUnavailable):
-            return None, None
+            return TrainerProcess.adopt(spec, self._run_dir(spec.run_name))
+        except LauncherUnavailable:
+            return None
 
     def _run_dir(self, name: str) -> Path:
-        if not _SAFE_RUN_NAME.match(name):
+        if not SAFE_RUN_NAME.match(name):
             raise LauncherUnavailable(f"refusing unsafe run name {name!r}")
         return self._runs_dir / name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training_core.launchers.base import Launcher, LauncherUnavailable
+from training_api.launchers.base import Launcher, LauncherUnavailable
 from training_core.settings import Settings
 from training_core.store.base import Store
 
@@ -10,10 +10,10 @@ from training_core.store.base import Store
 def open_launcher(settings: Settings, store: Store) -> Launcher:
     """The launcher ``LAUNCHER`` names: ``kubernetes`` (TrainingRun resources) or ``local``."""
     if settings.launcher == "kubernetes":
-        from training_core.launchers.kubernetes import KubernetesLauncher
+        from training_api.launchers.kubernetes import KubernetesLauncher
 
         return KubernetesLauncher(settings.namespace)
-    from training_core.launchers.local import LocalLauncher
+    from training_api.launchers.local import LocalLauncher
 
     return LocalLauncher(settings, store)
 

@@ -1,0 +1,3 @@
+from training_agent.cli import main
+
+main()

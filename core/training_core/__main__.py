@@ -1,3 +1,0 @@
-from training_core.cli import main
-
-main()
