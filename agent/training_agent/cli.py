@@ -6,12 +6,15 @@ import signal
 import sys
 from pathlib import Path
 
+from typing import Any
+
 import typer
 
 from training_agent.cli_projects import projects_app
 from training_agent.cli_runs import runs_app
 from training_core.errors import AgentError
 from training_core.logs import setup_logging
+from training_core.runspec import bounds_of, default_of
 from training_core.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(
@@ -54,14 +57,20 @@ def db_migrate() -> None:
         typer.echo(f"applied {name}")
 
 
+def _bounded(name: str, **options: Any) -> Any:
+    """An option for a run parameter: RunSpec's default and bounds."""
+    bounds = bounds_of(name)
+    return typer.Option(default_of(name), min=bounds.low, max=bounds.high, **options)
+
+
 @app.command("train")
 def train(
     dataset: str = typer.Option(..., help="ImageFolder zip/tar (train/, val/, optional test/): a path, gs:// or file:// URL"),
-    model: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50, mobilenet_v2, efficientnet_b0, …"),
-    epochs: int = typer.Option(10, min=1, max=10000),
-    image_size: int = typer.Option(224, min=16, max=1024, help="Input size in pixels"),
-    batch_size: int = typer.Option(32, min=1, max=65536),
-    learning_rate: float = typer.Option(0.001, min=0, max=1),
+    model: str = typer.Option(default_of("model"), help="resnet18, resnet34, resnet50, mobilenet_v2, efficientnet_b0, …"),
+    epochs: int = _bounded("epochs"),
+    image_size: int = _bounded("image_size", help="Input size in pixels"),
+    batch_size: int = _bounded("batch_size"),
+    learning_rate: float = _bounded("learning_rate"),
     pretrained: bool = typer.Option(False, help="Start from ImageNet weights (from the local torch hub cache)"),
     seed: int | None = typer.Option(None, help="Make the run reproducible"),
     output: str = typer.Option("model-output", help="Folder for model.pth, its metrics and charts"),

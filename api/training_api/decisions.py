@@ -17,13 +17,24 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from training_core.blobs import parse_url
-from training_core.domain import Dataset, EpochPoint, ModelRecord, Phase, Project, Run, run_name
+from training_core.domain import (
+    Dataset,
+    EpochPoint,
+    ModelRecord,
+    Phase,
+    ProgressSummary,
+    Project,
+    Run,
+    run_name,
+)
 from training_core.errors import InvalidInput
 from training_core.runspec import (
     METRICS_SUFFIX,
     MIN_CLASSES,
     SUPPORTED_MODELS,
+    Bounds,
     RunSpec,
+    bounds_of,
     default_resources,
     model_sibling,
     model_url_for,
@@ -76,20 +87,23 @@ def phase_label(phase: Phase) -> str:
     return phase.value.lower()
 
 
-# (name, check, what is required) for every numeric choice, bounds from the settings.
+# (name, check, what is required) for every numeric choice: RunSpec's bounds, narrowed by the
+# deployment's MAX_EPOCHS and MAX_BATCH_SIZE.
 def _rules(settings: Settings) -> list[tuple[str, Callable[[Any], bool], str]]:
-    return [
-        ("epochs", lambda v: 1 <= v <= settings.max_epochs, f"between 1 and {settings.max_epochs}"),
-        ("learning_rate", lambda v: 0 < v < 1, "greater than 0 and less than 1"),
-        (
-            "batch_size",
-            lambda v: 1 <= v <= settings.max_batch_size,
-            f"between 1 and {settings.max_batch_size}",
-        ),
-        ("image_size", lambda v: 16 <= v <= 1024, "between 16 and 1024"),
-        ("num_classes", lambda v: v is None or v >= MIN_CLASSES, f"at least {MIN_CLASSES}"),
-        ("seed", lambda v: v is None or 0 <= v < 2**32, "between 0 and 2^32 - 1"),
-    ]
+    narrower = {"epochs": settings.max_epochs, "batch_size": settings.max_batch_size}
+    rules = []
+    for name in ("epochs", "learning_rate", "batch_size", "image_size", "seed"):
+        bounds = bounds_of(name, at_most=narrower.get(name))
+        optional = name == "seed"
+        rules.append((name, _admits(bounds, optional), bounds.requirement()))
+    rules.insert(
+        4, ("num_classes", lambda v: v is None or v >= MIN_CLASSES, f"at least {MIN_CLASSES}")
+    )
+    return rules
+
+
+def _admits(bounds: Bounds, optional: bool) -> Callable[[Any], bool]:
+    return lambda value: (optional and value is None) or (value is not None and bounds.admits(value))
 
 
 def resolve_training(
@@ -252,8 +266,7 @@ def progress_of(run: Run | None) -> dict[str, Any]:
     """The run's progress, limited to what the API promises."""
     if run is None:
         return {}
-    keys = ("epoch", "total_epochs", "loss", "val_accuracy", "images_per_second", "eta_seconds")
-    return {key: run.progress.get(key) for key in keys}
+    return {key: run.progress.get(key) for key in ProgressSummary.model_fields}
 
 
 def history_of(run: Run | None) -> list[EpochPoint]:

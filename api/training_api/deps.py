@@ -47,5 +47,4 @@ def count_against_rate_limit(request: Request, client: str | None) -> None:
 
 
 ServiceDep = Annotated[TrainingService, Depends(get_service)]
-ClientDep = Annotated[str | None, Depends(authenticated_client)]
 LimitedClientDep = Annotated[str | None, Depends(rate_limited_client)]

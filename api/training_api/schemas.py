@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training_core.domain import EpochPoint, LogEntry, Progress, Project, Run
+from training_core.domain import EpochPoint, LogEntry, Progress, ProgressSummary, Project, Run
 from training_core.runspec import SUPPORTED_MODELS
 from training_api import decisions
 
@@ -140,13 +140,8 @@ class RunView(BaseModel):
         )
 
 
-class ProgressView(BaseModel):
-    epoch: int | None = None
-    total_epochs: int | None = None
-    loss: float | None = None
-    val_accuracy: float | None = None
-    images_per_second: float | None = None
-    eta_seconds: float | None = None
+class ProgressView(ProgressSummary):
+    """A run's progress as the API answers it (the history is answered on its own)."""
 
 
 class LogView(BaseModel):

@@ -1,4 +1,4 @@
-"""The run domain: phases, legal transitions and the records the store hands out.
+"""The run domain: phases, the records the store hands out, and the progress a run reports.
 
 Pure data and decisions only; no I/O lives here.
 """
@@ -76,20 +76,32 @@ class EpochPoint(Record):
     seconds: float | None = None
 
 
-class Progress(Record):
-    """What a user watches while a run trains; every field is optional until known.
-
-    ``history`` holds every finished epoch, oldest first: a run's whole curve lives in its
-    one progress document, and a resumed run carries the epochs it trained before."""
+class ProgressSummary(Record):
+    """What a user watches while a run trains (the API's ``progress``); every field is
+    optional until known."""
 
     epoch: int | None = None
     total_epochs: int | None = None
     loss: float | None = None
-    val_loss: float | None = None
     val_accuracy: float | None = None
     images_per_second: float | None = None
     eta_seconds: float | None = None
+
+
+class Progress(ProgressSummary):
+    """A run's progress document, as the trainer writes it to the store and the TrainingRun's
+    status shows it (camelCase, less the history).
+
+    ``history`` holds every finished epoch, oldest first: a run's whole curve lives in its
+    one progress document, and a resumed run carries the epochs it trained before."""
+
+    val_loss: float | None = None
     history: list[EpochPoint] | None = None
+
+    @staticmethod
+    def status_keys() -> list[str]:
+        """The keys a progress status shows: every one but the history."""
+        return [name for name in Progress.model_fields if name != "history"]
 
     @staticmethod
     def history_of(results: Iterable[Mapping[str, Any]]) -> list[EpochPoint]:

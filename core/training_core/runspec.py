@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from training_core.domain import safe_name
 
@@ -23,11 +25,12 @@ CRD_VERSION = "v1alpha1"
 CRD_PLURAL = "trainingruns"
 CRD_KIND = "TrainingRun"
 
-# Trainer exit codes (sysexits.h). The Job's podFailurePolicy reads them.
+# Trainer exit codes (sysexits.h): what each means is documented in the README ("Exit codes");
+# the Job's podFailurePolicy and the local launcher read them.
 EXIT_OK = 0
-EXIT_MISCONFIGURED = 2  # malformed settings or TRAINING_* environment: nothing was touched
-EXIT_DO_NOT_RETRY = 65  # EX_DATAERR: bad input (archive, dataset, model name, project state)
-EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted (SIGTERM, preemption) or transient; resume from checkpoint
+EXIT_MISCONFIGURED = 2
+EXIT_DO_NOT_RETRY = 65  # EX_DATAERR
+EXIT_RETRY = 75  # EX_TEMPFAIL
 
 SUPPORTED_MODELS = (
     "resnet18",
@@ -41,9 +44,21 @@ SUPPORTED_MODELS = (
 MIN_CLASSES = 2  # a classifier's least: the API, registration and the trainer refuse fewer
 
 
-class Resources(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+# A RunSpec field marked JOB shapes the Job (or the local process) that runs the trainer; the
+# trainer does not read it, so it is not in the trainer's environment.
+JOB = "job"
 
+
+class WireModel(BaseModel):
+    """Fields are snake_case in Python, the store and the environment; camelCase in the
+    TrainingRun resource, as Kubernetes users expect (both names are accepted)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class Resources(WireModel):
     gpu_count: int = Field(1, ge=0, le=16)
     accelerator: str | None = None  # e.g. nvidia-l4, nvidia-tesla-t4, nvidia-h100-80gb
     spot: bool = False
@@ -62,16 +77,20 @@ def default_resources(settings: Settings) -> Resources:
     )
 
 
-class RunSpec(BaseModel):
-    """What one run is asked to do. Validated once (by the API); trusted downstream."""
+class RunSpec(WireModel):
+    """What one run is asked to do. Validated once (by the API); trusted downstream.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    The one source of a run's parameters: their defaults and bounds are these fields', and
+    every form a run travels in is derived from them: the store's (``model_dump``), the
+    TrainingRun's (:meth:`to_resource_spec`, camelCase) and the trainer's environment
+    (:meth:`to_env`, ``TRAINING_<FIELD>``, less the fields marked ``JOB``). A new parameter
+    is one line here, with its bound."""
 
     run_id: UUID
-    run_name: str
+    run_name: str  # the TrainingRun's and the Job's metadata.name
     project_id: UUID
     dataset_url: str
-    model: str = Field("resnet18")
+    model: str = "resnet18"
     model_url: str
     epochs: int = Field(10, ge=1, le=10000)
     learning_rate: float = Field(0.001, gt=0, lt=1)
@@ -79,122 +98,108 @@ class RunSpec(BaseModel):
     image_size: int = Field(224, ge=16, le=1024)
     pretrained: bool = True
     weights_url: str | None = None
-    seed: int | None = None
-    resources: Resources = Field(default_factory=Resources)
-    active_deadline_seconds: int | None = Field(None, ge=60)
-    backoff_limit: int = Field(3, ge=0, le=20)
-    suspend: bool = False
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    resources: Annotated[Resources, JOB] = Field(default_factory=Resources)
+    active_deadline_seconds: Annotated[int | None, JOB] = Field(None, ge=60)
+    backoff_limit: Annotated[int, JOB] = Field(3, ge=0, le=20)
+    suspend: Annotated[bool, JOB] = False
 
     # -- the environment contract (Job containers and local processes alike) -------------
     def to_env(self) -> dict[str, str]:
-        env = {
-            "TRAINING_RUN_ID": str(self.run_id),
-            "TRAINING_RUN_NAME": self.run_name,
-            "TRAINING_PROJECT_ID": str(self.project_id),
-            "TRAINING_DATASET_URL": self.dataset_url,
-            "TRAINING_MODEL": self.model,
-            "TRAINING_MODEL_URL": self.model_url,
-            "TRAINING_EPOCHS": str(self.epochs),
-            "TRAINING_LEARNING_RATE": repr(self.learning_rate),
-            "TRAINING_BATCH_SIZE": str(self.batch_size),
-            "TRAINING_IMAGE_SIZE": str(self.image_size),
-            "TRAINING_PRETRAINED": "true" if self.pretrained else "false",
-        }
-        if self.weights_url:
-            env["TRAINING_WEIGHTS_URL"] = self.weights_url
-        if self.seed is not None:
-            env["TRAINING_SEED"] = str(self.seed)
+        env = {}
+        for name in _env_fields():
+            value = getattr(self, name)
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = _env_text(value)
         return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunSpec:
         environ = os.environ if environ is None else environ
-        prefix = "TRAINING_"
-        values: dict[str, Any] = {
-            key[len(prefix) :].lower(): value
-            for key, value in environ.items()
-            if key.startswith(prefix) and key[len(prefix) :].lower() in _ENV_FIELDS
-        }
-        values["model"] = environ.get("TRAINING_MODEL", "resnet18")
+        values = {name: environ[key] for name in _env_fields() if (key := ENV_PREFIX + name.upper()) in environ}
         return cls.model_validate(values)
 
     # -- the TrainingRun custom resource ---------------------------------------------------
     def to_resource_spec(self) -> dict[str, Any]:
-        """The ``spec`` of the TrainingRun (camelCase, as Kubernetes users expect)."""
-        spec: dict[str, Any] = {
-            "runId": str(self.run_id),
-            "projectId": str(self.project_id),
-            "datasetUrl": self.dataset_url,
-            "model": self.model,
-            "modelUrl": self.model_url,
-            "epochs": self.epochs,
-            "learningRate": self.learning_rate,
-            "batchSize": self.batch_size,
-            "imageSize": self.image_size,
-            "pretrained": self.pretrained,
-            "backoffLimit": self.backoff_limit,
-            "suspend": self.suspend,
-            "resources": {
-                "gpuCount": self.resources.gpu_count,
-                "spot": self.resources.spot,
-                "cpu": self.resources.cpu,
-                "memory": self.resources.memory,
-            },
-        }
-        if self.resources.accelerator:
-            spec["resources"]["accelerator"] = self.resources.accelerator
-        if self.weights_url:
-            spec["weightsUrl"] = self.weights_url
-        if self.seed is not None:
-            spec["seed"] = self.seed
-        if self.active_deadline_seconds is not None:
-            spec["activeDeadlineSeconds"] = self.active_deadline_seconds
-        return spec
+        """The ``spec`` of the TrainingRun (camelCase; the run's name is the resource's)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"run_name"})
 
     @classmethod
     def from_resource(cls, name: str, spec: Mapping[str, Any]) -> RunSpec:
-        resources = spec.get("resources", {})
-        return cls(
-            run_id=spec["runId"],
-            run_name=name,
-            project_id=spec["projectId"],
-            dataset_url=spec["datasetUrl"],
-            model=spec.get("model", "resnet18"),
-            model_url=spec["modelUrl"],
-            epochs=spec.get("epochs", 10),
-            learning_rate=spec.get("learningRate", 0.001),
-            batch_size=spec.get("batchSize", 32),
-            image_size=spec.get("imageSize", 224),
-            pretrained=spec.get("pretrained", True),
-            weights_url=spec.get("weightsUrl"),
-            seed=spec.get("seed"),
-            resources=Resources(
-                gpu_count=resources.get("gpuCount", 1),
-                accelerator=resources.get("accelerator"),
-                spot=resources.get("spot", False),
-                cpu=resources.get("cpu", "4"),
-                memory=resources.get("memory", "16Gi"),
-            ),
-            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
-            backoff_limit=spec.get("backoffLimit", 3),
-            suspend=spec.get("suspend", False),
+        known = {field.alias for field in cls.model_fields.values()}
+        return cls.model_validate(
+            {**{key: value for key, value in spec.items() if key in known}, "runName": name}
         )
 
 
-_ENV_FIELDS = {
-    "run_id",
-    "run_name",
-    "project_id",
-    "dataset_url",
-    "model_url",
-    "epochs",
-    "learning_rate",
-    "batch_size",
-    "image_size",
-    "pretrained",
-    "weights_url",
-    "seed",
-}
+ENV_PREFIX = "TRAINING_"
+
+
+def _env_fields() -> list[str]:
+    return [name for name, field in RunSpec.model_fields.items() if JOB not in field.metadata]
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric parameter's bounds (``None``: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # ``low`` itself is refused
+    high_open: bool = False
+
+    def admits(self, value: Any) -> bool:
+        if value is None or isinstance(value, bool):
+            return value is None
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def requirement(self) -> str:
+        """The bounds in words, as the API's refusals say them."""
+        low, high = _number(self.low), _number(self.high)
+        if not (self.low_open or self.high_open) and self.low is not None and self.high is not None:
+            return f"between {low} and {high}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"greater than {low}" if self.low_open else f"at least {low}")
+        if self.high is not None:
+            parts.append(f"less than {high}" if self.high_open else f"at most {high}")
+        return " and ".join(parts)
+
+
+def bounds_of(name: str, *, at_most: float | None = None) -> Bounds:
+    """A RunSpec field's bounds, ``at_most`` narrowing the upper one (the deployment's
+    MAX_EPOCHS, MAX_BATCH_SIZE)."""
+    found: dict[str, Any] = {}
+    for item in RunSpec.model_fields[name].metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if getattr(item, kind, None) is not None:
+                found[kind] = getattr(item, kind)
+    low_open, high_open = "gt" in found, "lt" in found
+    bounds = Bounds(found.get("gt", found.get("ge")), found.get("lt", found.get("le")), low_open, high_open)
+    if at_most is not None and (bounds.high is None or at_most < bounds.high):
+        bounds = Bounds(bounds.low, at_most, bounds.low_open, False)
+    return bounds
+
+
+def default_of(name: str) -> Any:
+    """A RunSpec field's default."""
+    return RunSpec.model_fields[name].get_default(call_default_factory=True)
+
+
+def _number(value: float | None) -> str:
+    if isinstance(value, int) and value >= 2**16 and (value + 1) & value == 0:
+        return f"2^{(value + 1).bit_length() - 1} - 1"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def model_url_for(bucket_url: str, project_name: str, run_id: UUID | None = None) -> str:

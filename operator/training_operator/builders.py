@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from training_core.domain import ACTIVE_PHASES, Phase, Run
+from pydantic.alias_generators import to_camel
+from training_core.domain import ACTIVE_PHASES, Phase, Progress, Run
 from training_core.runspec import (
     CRD_GROUP,
     CRD_KIND,
@@ -448,17 +449,10 @@ def cancel_transition(run_name: str) -> Transition:
 # -- what ``kubectl get tr`` shows ----------------------------------------------------------
 def progress_status(progress: Mapping[str, Any], total_epochs: int) -> dict[str, Any]:
     """The store's progress (snake_case) as the TrainingRun's ``status.progress``."""
-    names = {
-        "epoch": "epoch",
-        "total_epochs": "totalEpochs",
-        "loss": "loss",
-        "val_loss": "valLoss",
-        "val_accuracy": "valAccuracy",
-        "images_per_second": "imagesPerSecond",
-        "eta_seconds": "etaSeconds",
-    }
     out = {
-        camel: progress[snake] for snake, camel in names.items() if progress.get(snake) is not None
+        to_camel(key): progress[key]
+        for key in Progress.status_keys()
+        if progress.get(key) is not None
     }
     out.setdefault("totalEpochs", total_epochs)
     out["display"] = f"{out.get('epoch', 0)}/{out['totalEpochs']}"

@@ -20,7 +20,7 @@ from training_agent.localstack import start_local_stack
 def run_demo_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TRAINING_AGENT_HOME": str(home), "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "training_core", "demo", *args],
+        [sys.executable, "-m", "training_agent", "demo", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -29,7 +29,7 @@ def commands_in_readme() -> list[list[str]]:
 @pytest.mark.parametrize("words", commands_in_readme(), ids=" ".join)
 def test_every_command_in_the_readme_has_help(words: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "training_core", *words, "--help"],
+        [sys.executable, "-m", "training_agent", *words, "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,7 +1,7 @@
 """The trainer: the program a training Job runs (``python -m trainer``).
 
 It reads its run from the environment (:class:`training_core.runspec.RunSpec`), trains
-the model and records the outcome. See :mod:`trainer.main` for the exit codes.
+the model and records the outcome. Its exit codes are in the README, "Exit codes".
 
 Importing the package imports no torch: ``python -m trainer`` routes SIGTERM to its stop
 flag first, so a pod stopped while torch loads still exits to be retried, not killed.

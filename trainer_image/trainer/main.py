@@ -1,19 +1,7 @@
 """``python -m trainer``: train the run described by the environment (``TRAINING_*``, see
 :class:`training_core.runspec.RunSpec`) with the agent's settings (store, bucket, limits).
 
-Exit codes (the Job's pod failure policy and the local launcher read them):
-
-* ``0``  — the run succeeded, or there was nothing to do (it had already ended:
-  succeeded, failed or cancelled). Running the program again after success changes nothing.
-* ``65`` (``EXIT_DO_NOT_RETRY``) — the run failed and is recorded as Failed, with the
-  step and the reason in ``agent_logs`` and the project ``failed`` (bad archive or dataset,
-  unsupported model, missing weights, a project not claimed for this run — whose status is
-  then left alone —, an upload refused …). Retrying cannot help.
-* ``75`` (``EXIT_RETRY``) — interrupted (SIGTERM: node preemption, cancel) after saving a
-  checkpoint, or the store or the bucket stayed unreachable through their retries (the
-  store: ``STORE_RETRY_SECONDS``). Run it again: it resumes from the last checkpoint, and
-  a model already uploaded is recorded, not trained again.
-* ``2`` — the settings or the run's environment are malformed (nothing was touched).
+Its exit codes (``training_core.runspec.EXIT_*``) are documented in the README, "Exit codes".
 """
 
 from __future__ import annotations
@@ -33,7 +21,6 @@ from trainer.interrupt import StopFlag
 from trainer.tracking import StoreTracker
 from trainer.workflow import TrainingWorkflow
 
-EXIT_USAGE = EXIT_MISCONFIGURED
 STOPPING_FLUSH_SECONDS = 2.0
 log = logging.getLogger("trainer")
 
@@ -45,7 +32,7 @@ def main(stop: StopFlag | None = None) -> int:
         settings = load_settings()
     except SettingsError as error:
         print(error, file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_MISCONFIGURED
     setup_logging(settings.log_level, settings.log_format)
     try:
         spec = RunSpec.from_env()
@@ -55,7 +42,7 @@ def main(stop: StopFlag | None = None) -> int:
             for e in error.errors(include_input=False, include_url=False)
         )
         log.error("the run's environment is invalid: %s", fields)
-        return EXIT_USAGE
+        return EXIT_MISCONFIGURED
     with bind(run_id=spec.run_id, project_id=spec.project_id):
         try:
             store = open_store(settings)

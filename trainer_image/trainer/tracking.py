@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from rich.console import Console
 from training_core.domain import ACTIVE_PHASES, Phase, Progress
-from training_core.errors import InvalidInput, InvalidState, NotFound
+from training_core.errors import InvalidInput, InvalidState, NotFound, StoreUnavailable
+from training_core.lifecycle import RunEnd, end_run, settle_project
 from training_core.runspec import RunSpec
 from training_core.settings import Settings
 from training_core.store import RunUpdate, Store
@@ -150,15 +152,12 @@ class StoreTracker(Tracker):
                 gcs_url=model_url, framework="pytorch", metadata=metadata,
             )  # fmt: skip
         )  # one row per run: a retried insert returns the first
-        update = RunUpdate(
-            phase=Phase.SUCCEEDED,
-            progress=progress.model_dump(exclude_none=True),
-            model_url=model_url,
-        )
+        succeeded = RunEnd(
+            self.spec.run_id, self.spec.project_id, Phase.SUCCEEDED, None,
+            progress=progress.model_dump(exclude_none=True), model_url=model_url,
+        )  # fmt: skip
         try:
-            self._waiting(
-                lambda: self.store.update_run(self.spec.run_id, update, expected=ACTIVE_PHASES)
-            )
+            end_run(self.store, self.settings, succeeded, attempt=self._waiting)
         except InvalidState as error:
             if error.actual != Phase.SUCCEEDED:  # Succeeded: our try landed, its answer lost
                 self.log(
@@ -166,20 +165,17 @@ class StoreTracker(Tracker):
                     "warning",
                 )
                 return
-        self._set_project_status(self.settings.status_trained)
+            settle_project(self.store, self.settings, succeeded, attempt=self._waiting)
 
     def fail(self, message: str) -> None:
-        self.log(message, "error")
+        self.log(message, "error")  # the line is the trainer's, whoever records the end
         self._outbox.flush(self.settings.store_retry_seconds)
-        failed = RunUpdate(phase=Phase.FAILED, error=message)
-        try:
-            self._waiting(
-                lambda: self.store.update_run(self.spec.run_id, failed, expected=ACTIVE_PHASES)
-            )
-        except (InvalidState, NotFound):
-            return  # already ended (e.g. cancelled), or never recorded: nothing of ours to fail
-        if self.owns_project:
-            self._set_project_status(self.settings.status_failed)
+        failed = RunEnd(
+            self.spec.run_id, self.spec.project_id, Phase.FAILED, None, error=message,
+            project_status="" if self.owns_project else None,  # "": what Failed leads to
+        )  # fmt: skip
+        with suppress(InvalidState, NotFound):  # already ended (e.g. cancelled), or never
+            end_run(self.store, self.settings, failed, attempt=self._waiting)  # recorded
 
     def close(self, timeout: float) -> None:
         try:
@@ -187,16 +183,6 @@ class StoreTracker(Tracker):
         except StoreUnavailable as error:
             log.warning("exiting with store writes unsent: %s", error)
         self._outbox.close()
-
-    def _set_project_status(self, status: str) -> None:
-        expected = [self.settings.status_training]
-        try:
-            self._waiting(
-                lambda: self.store.set_project_status(self.spec.project_id, status, expected=expected)
-            )
-        except InvalidState as error:
-            if error.actual != status:  # ``status``: our own try landed, its answer lost
-                log.warning("project status left as '%s' (not ours to change)", error.actual)
 
     def _waiting(self, call: Callable[[], T]) -> T:
         return retry_through_outage(call, self.settings.store_retry_seconds, self.stopping)

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from training_core.archive import ArchiveLimits, extract_archive
-from training_core.blobs import BlobStore, parse_url
-from training_core.dataset import DatasetDescription, describe_dataset
+from training_core.blobs import BlobStore
+from training_core.dataset import DatasetDescription
 from training_core.domain import Progress
 from training_core.errors import (
     BlobExists,
@@ -34,7 +33,16 @@ from training_core.errors import (
     InvalidInput,
     StoreUnavailable,
 )
-from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, RunSpec
+from training_core.intake import fetch_dataset, open_dataset
+from training_core.runspec import (
+    CURVES_SUFFIX,
+    EXIT_DO_NOT_RETRY,
+    EXIT_OK,
+    EXIT_RETRY,
+    METRICS_SUFFIX,
+    RunSpec,
+    model_sibling,
+)
 from training_core.settings import Settings
 
 from trainer.artifact import build_artifact
@@ -65,11 +73,6 @@ class Outcome:
     model_path: Path
     metrics: dict[str, Any]
     record: dict[str, Any]  # the models row's metadata
-
-
-def sibling_url(model_url: str, suffix: str) -> str:
-    """``…/x_model.pth`` → ``…/x_model<suffix>``: the files that travel with a model."""
-    return model_url.removesuffix(".pth") + suffix
 
 
 class TrainingWorkflow:
@@ -212,39 +215,21 @@ class TrainingWorkflow:
 
     # -- 3. download the dataset -----------------------------------------------------------
     def download_dataset(self, scratch: Path) -> Path:
-        with self._step("download dataset"):
-            url = self.spec.dataset_url
-            if "://" not in url:
-                if not self.local_paths:  # a Job reads buckets only, never its own disk
-                    raise InvalidInput(f"dataset URL {url!r} must be gs://… or file://…")
-                path = Path(url)
-                if not path.is_file():
-                    raise InvalidInput(f"dataset {url} not found")
-                return path
-            # Its own name, so that messages about it name the file the user uploaded.
-            target = scratch / "download" / (Path(parse_url(url).path).name or "dataset")
-            try:
-                info = self.blobs.download(url, target, max_bytes=self.settings.max_download_bytes)
-            except BlobNotFound:
-                raise InvalidInput(f"dataset {url} not found") from None
-            self.tracker.log(f"Dataset downloaded: {info.size / 2**20:.1f} MiB")
-            return target
+        with self._step("download dataset"):  # the intake check-dataset runs, in two steps
+            fetched = fetch_dataset(
+                self.spec.dataset_url, scratch, self.settings, blobs=self.blobs,
+                local_paths=self.local_paths,
+            )  # fmt: skip
+            if fetched.size is not None:
+                self.tracker.log(f"Dataset downloaded: {fetched.size / 2**20:.1f} MiB")
+            return fetched.path
 
     # -- 4. extract and validate -----------------------------------------------------------
     def extract_and_validate(
         self, archive: Path, scratch: Path, expected: int | None
     ) -> DatasetDescription:
         with self._step("extract and validate dataset"):
-            extract_archive(
-                archive, scratch / "dataset", ArchiveLimits.from_settings(self.settings)
-            )
-            if archive.is_relative_to(scratch):
-                archive.unlink()  # the extracted copy is what counts; free the disk
-            dataset = describe_dataset(
-                scratch / "dataset",
-                expected_num_classes=expected,
-                max_image_pixels=self.settings.max_image_pixels,
-            )
+            dataset = open_dataset(archive, scratch, self.settings, expected_num_classes=expected)
             counts = ", ".join(f"{name} {split.total}" for name, split in dataset.splits.items())
             self.tracker.log(f"Dataset: {dataset.num_classes} classes; images: {counts}")
             return dataset
@@ -438,12 +423,12 @@ class TrainingWorkflow:
             )  # fmt: skip
             # The companions first: the model's presence means the whole set is there.
             for path, suffix, kind in (
-                (metrics_path, ".metrics.json", "application/json"),
-                (charts_path, ".png", "image/png"),
+                (metrics_path, METRICS_SUFFIX, "application/json"),
+                (charts_path, CURVES_SUFFIX, "image/png"),
             ):
-                self.uploaded.append(sibling_url(url, suffix))
+                self.uploaded.append(model_sibling(url, suffix))
                 self.blobs.upload(
-                    path, sibling_url(url, suffix), create_only=False, content_type=kind
+                    path, model_sibling(url, suffix), create_only=False, content_type=kind
                 )
             try:
                 self.blobs.upload(

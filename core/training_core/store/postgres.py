@@ -37,7 +37,6 @@ class PostgresStore(Store):
         max_size: int = 10,
         agent_name: str = "training-agent",
     ) -> None:
-        self._timeout = timeout
         self._agent = agent_name
         self._pool = ConnectionPool(
             url,

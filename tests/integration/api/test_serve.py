@@ -15,7 +15,7 @@ from tests.integration.api.conftest import TOKEN, wait_for
 
 def serve(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "training_core", "serve", *args],
+        [sys.executable, "-m", "training_agent", "serve", *args],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     }  # fmt: skip
     env.pop("DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "training_core", "train", *args],
+        [sys.executable, "-m", "training_agent", "train", *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ def _train(folder: Path, dataset: Path, precision: str) -> tuple[str, float]:
     }  # fmt: skip
     env.pop("DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "training_core", "train", "--dataset", str(dataset),
+        [sys.executable, "-m", "training_agent", "train", "--dataset", str(dataset),
          "--model", "resnet18", "--epochs", "2", "--image-size", "32", "--batch-size", "32",
          "--seed", "1", "--output", "out"],
         env=env, cwd=folder, capture_output=True, text=True, timeout=240, check=False,

@@ -425,16 +425,6 @@ def test_running_and_outcomes_never_overwrite_a_terminal_phase() -> None:
     }
 
 
-def test_project_status_after_each_outcome() -> None:
-    settings = load_settings(
-        status_trained="done", status_failed="broken", status_after_cancel="ready"
-    )
-    assert builders.project_status_after(Phase.SUCCEEDED, settings) == "done"
-    assert builders.project_status_after(Phase.FAILED, settings) == "broken"
-    assert builders.project_status_after(Phase.CANCELLED, settings) == "ready"
-    assert builders.project_status_after(Phase.RUNNING, settings) is None
-
-
 # -- the TrainingRun's status ---------------------------------------------------------------------
 def stored(phase: Phase, **fields: Any) -> Run:
     return Run(id=uuid4(), project_id=uuid4(), name="j", phase=phase, **fields)

@@ -7,9 +7,8 @@ from pathlib import Path
 from uuid import uuid4
 
 from trainer.checkpoints import Checkpoints
-from trainer.workflow import sibling_url
 from training_core.blobs.local import LocalBlobStore
-from training_core.runspec import MODEL_COMPANION_SUFFIXES, checkpoints_prefix, model_companions
+from training_core.runspec import checkpoints_prefix
 
 
 def test_the_trainer_keeps_checkpoints_under_the_shared_prefix(tmp_path: Path) -> None:
@@ -18,14 +17,3 @@ def test_the_trainer_keeps_checkpoints_under_the_shared_prefix(tmp_path: Path) -
     checkpoints = Checkpoints(LocalBlobStore(), model_url, run_id, tmp_path)
 
     assert checkpoints.prefix == checkpoints_prefix(model_url, run_id)
-
-
-def test_the_trainer_uploads_the_companions_the_launchers_know_of() -> None:
-    model_url = "gs://models/models/cats_model.pth"
-
-    uploaded = tuple(sibling_url(model_url, suffix) for suffix in MODEL_COMPANION_SUFFIXES)
-
-    assert uploaded == model_companions(model_url) == (
-        "gs://models/models/cats_model.metrics.json",
-        "gs://models/models/cats_model.png",
-    )
