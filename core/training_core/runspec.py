@@ -25,6 +25,12 @@ CRD_VERSION = "v1alpha1"
 CRD_PLURAL = "trainingruns"
 CRD_KIND = "TrainingRun"
 
+# One label scheme for a run's TrainingRun, its Job and its pods
+# (``kubectl get trainingruns,jobs,pods -l training.automl.dev/run=<run name>``).
+LABEL_RUN = f"{CRD_GROUP}/run"  # the run's name (the TrainingRun's and the Job's)
+LABEL_RUN_ID = f"{CRD_GROUP}/run-id"
+LABEL_PROJECT = f"{CRD_GROUP}/project"  # the project's id
+
 # Trainer exit codes (sysexits.h): what each means is documented in the README ("Exit codes");
 # the Job's podFailurePolicy and the local launcher read them.
 EXIT_OK = 0
@@ -123,6 +129,14 @@ class RunSpec(WireModel):
     def to_resource_spec(self) -> dict[str, Any]:
         """The ``spec`` of the TrainingRun (camelCase; the run's name is the resource's)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"run_name"})
+
+    def labels(self) -> dict[str, str]:
+        """The labels of everything that belongs to this run on Kubernetes."""
+        return {
+            LABEL_RUN: self.run_name,
+            LABEL_RUN_ID: str(self.run_id),
+            LABEL_PROJECT: str(self.project_id),
+        }
 
     @classmethod
     def from_resource(cls, name: str, spec: Mapping[str, Any]) -> RunSpec:

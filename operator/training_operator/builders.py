@@ -19,14 +19,14 @@ from training_core.runspec import (
     CRD_VERSION,
     EXIT_DO_NOT_RETRY,
     EXIT_MISCONFIGURED,
+    LABEL_PROJECT,
+    LABEL_RUN,
     RunSpec,
 )
 
 from training_operator.config import OperatorConfig
 
 TRAINER_CONTAINER = "trainer"
-LABEL_RUN = f"{CRD_GROUP}/run"
-LABEL_PROJECT = f"{CRD_GROUP}/project"
 MANAGED_BY = "training-agent-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -43,15 +43,14 @@ _REPLACED_POD_REASONS = frozenset({"Preempted", "Suspended"})
 
 
 # -- TrainingRun → Job --------------------------------------------------------------------
-def job_labels(run_name: str, project_id: str) -> dict[str, str]:
+def job_labels(spec: RunSpec) -> dict[str, str]:
     """Labels linking Job and pods → run → project (``kubectl get jobs -l …`` finds them)."""
     return {
         "app.kubernetes.io/name": "training-agent",
         "app.kubernetes.io/component": "trainer",
-        "app.kubernetes.io/instance": run_name,
+        "app.kubernetes.io/instance": spec.run_name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_RUN: run_name,
-        LABEL_PROJECT: project_id,
+        **spec.labels(),
     }
 
 
@@ -71,7 +70,7 @@ def job_manifest(run_resource: Mapping[str, Any], config: OperatorConfig) -> dic
     """The batch/v1 Job that trains one TrainingRun."""
     meta = run_resource["metadata"]
     spec = RunSpec.from_resource(meta["name"], run_resource["spec"])
-    labels = job_labels(spec.run_name, str(spec.project_id))
+    labels = job_labels(spec)
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,

@@ -19,9 +19,10 @@ from tests.deploy import helm
 from tests.deploy.conftest import EVERYTHING_ON, NAMESPACE, REQUIRED
 from tests.fixtures.cluster import Cluster
 from training_api.decisions import TrainingChoice, plan_run
-from training_core import cli
+from training_agent import cli
 from training_core.domain import Project
 from training_api.launchers.kubernetes import training_run_resource
+from training_core.runspec import RunSpec
 from training_core.settings import Settings, load_settings
 from training_operator.builders import job_labels, job_manifest
 from training_operator.config import OperatorConfig
@@ -157,7 +158,11 @@ def test_everything_on_adds_ingress_monitoring_and_network_policies(rendered: Re
     assert {"ipBlock": {"cidr": "35.191.0.0/16"}} in sources  # the GKE Ingress load balancer
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
     # The trainer policy selects the pods the operator's Jobs make.
-    pod_labels = job_labels("run-1", "project-1")
+    spec = RunSpec(
+        run_id=uuid.uuid4(), run_name="run-1", project_id=uuid.uuid4(),
+        dataset_url="gs://b/raw/d.zip", model_url="gs://b/models/m.pth",
+    )  # fmt: skip
+    pod_labels = job_labels(spec)
     assert policies["trainer"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     for spec in policies.values():
         ports = spec["egress"][0]["ports"]

@@ -21,9 +21,6 @@ from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, CRD_VERSION, 
 
 log = logging.getLogger(__name__)
 
-LABEL_PROJECT = f"{CRD_GROUP}/project-id"
-LABEL_RUN = f"{CRD_GROUP}/run-id"
-
 
 def training_run_resource(spec: RunSpec, namespace: str) -> dict[str, Any]:
     """The TrainingRun object for a run (pure: tested without an API server)."""
@@ -35,8 +32,7 @@ def training_run_resource(spec: RunSpec, namespace: str) -> dict[str, Any]:
             "namespace": namespace,
             "labels": {
                 "app.kubernetes.io/managed-by": "training-agent",
-                LABEL_PROJECT: str(spec.project_id),
-                LABEL_RUN: str(spec.run_id),
+                **spec.labels(),
             },
         },
         "spec": spec.to_resource_spec(),

@@ -73,6 +73,10 @@ def test_training_run_resource_is_named_and_labelled_after_the_run():
     )
     assert resource["metadata"]["name"] == SPEC.run_name
     assert resource["metadata"]["namespace"] == "training"
-    assert resource["metadata"]["labels"]["training.automl.dev/run-id"] == str(SPEC.run_id)
-    assert resource["metadata"]["labels"]["training.automl.dev/project-id"] == str(SPEC.project_id)
+    assert resource["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "training-agent",
+        "training.automl.dev/run": SPEC.run_name,
+        "training.automl.dev/run-id": str(SPEC.run_id),
+        "training.automl.dev/project": str(SPEC.project_id),
+    }
     assert resource["spec"] == SPEC.to_resource_spec()
