@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from training_core.archive import ArchiveLimits, extract_archive
 from training_core.blobs import BlobStore, parse_url
@@ -20,31 +21,20 @@ class Fetched:
 
 
 def intake_dataset(
-    source: str,
-    workdir: Path,
-    settings: Settings,
-    *,
-    expected_num_classes: int | None = None,
-    val_split: float | None = None,
-    blobs: BlobStore | None = None,
-) -> DatasetDescription:
+    source: str, workdir: Path, settings: Settings, *, blobs: BlobStore | None = None,
+    **checks: Any,
+) -> DatasetDescription:  # fmt: skip
     """``source``: an archive's path or ``gs://``/``file://`` URL, or an extracted folder.
-    Whatever is fetched or extracted goes under ``workdir`` (an empty scratch folder)."""
+    Whatever is fetched or extracted goes under ``workdir`` (an empty scratch folder);
+    ``checks`` are :func:`open_dataset`'s (``expected_num_classes``, ``val_split``)."""
     fetched = fetch_dataset(source, workdir, settings, blobs=blobs)
-    return open_dataset(
-        fetched.path, workdir, settings, expected_num_classes=expected_num_classes,
-        val_split=val_split,
-    )  # fmt: skip
+    return open_dataset(fetched.path, workdir, settings, **checks)
 
 
 def fetch_dataset(
-    source: str,
-    workdir: Path,
-    settings: Settings,
-    *,
-    blobs: BlobStore | None = None,
+    source: str, workdir: Path, settings: Settings, *, blobs: BlobStore | None = None,
     local_paths: bool = True,
-) -> Fetched:
+) -> Fetched:  # fmt: skip
     """The archive a source names: a local path as it is (where ``local_paths`` allows one:
     a Job reads buckets only, never its own disk), a URL downloaded under ``workdir``."""
     if "://" not in source:
@@ -68,13 +58,9 @@ def fetch_dataset(
 
 
 def open_dataset(
-    archive: Path,
-    workdir: Path,
-    settings: Settings,
-    *,
-    expected_num_classes: int | None = None,
-    val_split: float | None = None,
-) -> DatasetDescription:
+    archive: Path, workdir: Path, settings: Settings, *,
+    expected_num_classes: int | None = None, val_split: float | None = None,
+) -> DatasetDescription:  # fmt: skip
     """Extract ``archive`` (an extracted folder is read as it is) into ``workdir/dataset``
     within the settings' limits, and check and describe the ImageFolder there. A downloaded
     archive is removed once extracted: the extracted copy is what counts."""

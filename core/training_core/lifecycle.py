@@ -81,13 +81,9 @@ def _direct(call: Callable[[], Any]) -> Any:
 
 
 def end_run(
-    store: Store,
-    settings: Settings,
-    end: RunEnd,
-    *,
-    steps: EndSteps | None = None,
+    store: Store, settings: Settings, end: RunEnd, *, steps: EndSteps | None = None,
     attempt: Attempt = _direct,
-) -> Ended:
+) -> Ended:  # fmt: skip
     """Record ``end``: the run's terminal phase (only from an active one), then the project's
     status, then the log line.
 

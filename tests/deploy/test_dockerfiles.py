@@ -208,3 +208,17 @@ def test_trainer_image_bakes_weights_for_every_supported_model(tmp_path: Path) -
     baked = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert list(baked) == list(SUPPORTED_MODELS)
     assert all(Path(path).is_file() and str(tmp_path) in path for path in baked.values())
+
+
+@pytest.mark.parametrize(("name", "packages"), [
+    ("api", {"core/training_core", "api/training_api", "agent/training_agent"}),
+    ("operator", {"core/training_core", "operator/training_operator", "agent/training_agent"}),
+    ("trainer", {"core/training_core", "trainer_image/trainer"}),
+])
+def test_each_image_carries_only_the_packages_it_runs(name: str, packages: set[str]) -> None:
+    copied = set(copy_sources(parse(DOCKERFILES[name])))
+    every_package = {
+        str(init.parent.relative_to(REPO)) for init in REPO.glob("*/*/__init__.py")
+        if init.parent.parent.name not in ("tests", "benchmarks", "tools")
+    }
+    assert copied & every_package == packages
