@@ -72,7 +72,7 @@ def train(
     batch_size: int = _bounded("batch_size"),
     learning_rate: float = _bounded("learning_rate"),
     pretrained: bool = typer.Option(False, help="Start from ImageNet weights (from the local torch hub cache)"),
-    seed: int | None = typer.Option(None, help="Make the run reproducible"),
+    seed: int | None = _bounded("seed", help="Make the run reproducible"),
     output: str = typer.Option("model-output", help="Folder for model.pth, its metrics and charts"),
 ) -> None:
     """Train a model on this machine, without the API or a database (the same trainer as a Job)."""

@@ -15,7 +15,8 @@ from training_core.runspec import EXIT_DO_NOT_RETRY, SUPPORTED_MODELS
 
 if TYPE_CHECKING:
     from training_core.domain import Project
-    from training_agent.registration import Registered, TrainingOptions
+    from training_agent.registration import Registered
+    from training_core.runspec import TrainingMetadata
     from training_core.settings import Settings
     from training_core.store import Store
 
@@ -58,11 +59,11 @@ def create(
     """Register a project, ready to train, and its dataset; prints the project's id.
 
     Options left out are the API's defaults (DEFAULT_EPOCHS, BATCH_SIZE, IMAGE_SIZE, …)."""
-    from training_agent.registration import TrainingOptions
+    from training_core.runspec import TrainingMetadata
 
     if not name.strip():
         raise typer.BadParameter("must not be empty", param_hint="--name")
-    chosen = TrainingOptions(
+    chosen = TrainingMetadata(
         model=model.value if model else None,
         epochs=epochs,
         learning_rate=learning_rate,
@@ -113,7 +114,7 @@ def opened_store(local: bool) -> Iterator[tuple[Settings, Store]]:
             stack.stop()  # only if this process started it
 
 
-def _metadata_or_usage_error(chosen: TrainingOptions) -> dict[str, Any]:
+def _metadata_or_usage_error(chosen: TrainingMetadata) -> dict[str, Any]:
     from training_agent.cli import settings_or_exit
     from training_agent.registration import InvalidOption, training_metadata
 

@@ -13,7 +13,7 @@ import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +26,7 @@ from training_core.dataset import InvalidDataset
 from training_core.domain import Dataset, Project, safe_name
 from training_core.errors import AgentError, BlobNotFound, InvalidInput
 from training_core.intake import intake_dataset
-from training_core.runspec import MIN_CLASSES, SUPPORTED_MODELS, RunSpec
+from training_core.runspec import MIN_CLASSES, SUPPORTED_MODELS, RunSpec, TrainingMetadata
 from training_core.settings import Settings
 from training_core.store import Store
 
@@ -46,18 +46,6 @@ class InvalidOption(InvalidInput):
 
 
 @dataclass(frozen=True)
-class TrainingOptions:
-    """The project's training choices; None leaves a choice to the API's defaults."""
-
-    model: str | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    image_size: int | None = None
-    pretrained: bool | None = None
-
-
-@dataclass(frozen=True)
 class DatasetRef:
     url: str
     name: str
@@ -73,10 +61,10 @@ class Registered:
 
 
 # -- pure decisions ------------------------------------------------------------------------
-def training_metadata(options: TrainingOptions, settings: Settings) -> dict[str, Any]:
+def training_metadata(options: TrainingMetadata, settings: Settings) -> dict[str, Any]:
     """The ``projects.metadata`` keys the API's start decision reads, checked against the
     bounds it applies: RunSpec's, narrowed by the deployment's MAX_EPOCHS and MAX_BATCH_SIZE."""
-    given = {name: value for name, value in asdict(options).items() if value is not None}
+    given = options.model_dump(exclude_none=True)
     if "model" in given and given["model"] not in SUPPORTED_MODELS:
         raise InvalidOption("model", f"use one of {', '.join(SUPPORTED_MODELS)}")
     narrower = {"epochs": Le(settings.max_epochs), "batch_size": Le(settings.max_batch_size)}

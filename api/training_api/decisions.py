@@ -1,9 +1,8 @@
 """The start/cancel decisions, and what the status, runs and metrics answers show, as plain
 functions: no I/O, so every rule is tested directly.
 
-Project metadata keys read (request values win over them; settings give the defaults):
-``model``, ``epochs``, ``learning_rate``, ``batch_size``, ``image_size``, ``num_classes``,
-``pretrained``, ``seed``.
+Project metadata keys read (request values win over them; settings give the defaults): those
+of :class:`training_core.runspec.TrainingMetadata`.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from training_core.runspec import (
     MIN_CLASSES,
     SUPPORTED_MODELS,
     Bounds,
+    TrainingMetadata,
     RunSpec,
     bounds_of,
     default_resources,
@@ -44,22 +44,6 @@ from training_api.errors import ApiError
 
 TASK_TYPE = "image_classification"
 FRAMEWORK = "pytorch"
-
-
-class TrainingMetadata(BaseModel):
-    """The training keys of ``projects.metadata``; other keys belong to the platform."""
-
-    # Strict: "10" in the metadata is a platform bug to report, not a number to guess.
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    image_size: int | None = None
-    num_classes: int | None = None
-    pretrained: bool | None = None
-    seed: int | None = None
 
 
 @dataclass(frozen=True)

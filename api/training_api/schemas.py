@@ -310,7 +310,7 @@ class MetricsResponse(BaseModel):
                     "project_id": EXAMPLE_PROJECT,
                     "run_id": EXAMPLE_RUN,
                     "model_url": EXAMPLE_MODEL_URL,
-                    "metrics_url": EXAMPLE_MODEL_URL.removesuffix(".pth") + ".metrics.json",
+                    "metrics_url": decisions.metrics_url_of(EXAMPLE_MODEL_URL),
                     "classes": ["rose", "tulip"],
                     "confusion_matrix": [[48, 2], [3, 47]],
                     "confusion_matrix_split": "test",

@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from training_core.blobs import BlobStore, open_blob_store
 from training_core.dataset import DatasetDescription
-from training_core.domain import Dataset, LogEntry, ModelRecord, Phase, Project, Run
+from training_core.domain import Dataset, ModelRecord, Phase, Project, Run
 from training_core.errors import (
     BlobError,
     BlobNotFound,

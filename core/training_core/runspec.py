@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
 from training_core.domain import safe_name
@@ -214,6 +214,26 @@ def _number(value: float | None) -> str:
     if isinstance(value, int) and value >= 2**16 and (value + 1) & value == 0:
         return f"2^{(value + 1).bit_length() - 1} - 1"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# The run parameters a project's metadata may choose (the request may choose some of them too).
+METADATA_PARAMETERS = (
+    "model", "epochs", "learning_rate", "batch_size", "image_size", "pretrained", "seed",
+)  # fmt: skip
+
+# The training keys of ``projects.metadata`` (the API reads them, ``projects create`` writes
+# them), each optional; other keys belong to the platform. Strict: "10" in the metadata is a
+# platform bug to report, not a number to guess. Types are RunSpec's; bounds are checked
+# where a refusal can say whose value it was (the API, registration).
+TrainingMetadata = create_model(
+    "TrainingMetadata",
+    __config__=ConfigDict(extra="ignore", strict=True),
+    **{
+        name: (RunSpec.model_fields[name].annotation | None, None)
+        for name in METADATA_PARAMETERS
+    },
+    num_classes=(int | None, None),
+)
 
 
 def model_url_for(bucket_url: str, project_name: str, run_id: UUID | None = None) -> str:

@@ -19,7 +19,7 @@ from training_core.runspec import (
     CRD_VERSION,
     EXIT_DO_NOT_RETRY,
     EXIT_MISCONFIGURED,
-    LABEL_PROJECT,
+    LABEL_PROJECT,  # noqa: F401 - the label scheme, as the operator's users import it
     LABEL_RUN,
     RunSpec,
 )

@@ -12,9 +12,9 @@ from training_api.decisions import resolve_training
 from training_api.errors import ApiError
 from training_core.domain import Dataset, Project
 from training_core.errors import InvalidInput
+from training_core.runspec import TrainingMetadata
 from training_agent.registration import (
     InvalidOption,
-    TrainingOptions,
     archive_suffix,
     check_dataset_url,
     dataset_name,
@@ -51,7 +51,7 @@ def api_accepts(metadata: dict) -> bool:
 )  # fmt: skip
 def test_an_option_is_accepted_exactly_when_the_api_would_train_it(option: str, value) -> None:
     try:
-        metadata = training_metadata(TrainingOptions(**{option: value}), SETTINGS)
+        metadata = training_metadata(TrainingMetadata(**{option: value}), SETTINGS)
     except InvalidOption as error:
         assert error.option == option
         assert not api_accepts({option: value})
@@ -61,8 +61,8 @@ def test_an_option_is_accepted_exactly_when_the_api_would_train_it(option: str, 
 
 
 def test_options_left_out_stay_out_of_the_metadata() -> None:
-    assert training_metadata(TrainingOptions(), SETTINGS) == {}
-    assert training_metadata(TrainingOptions(pretrained=False, epochs=3), SETTINGS) == {
+    assert training_metadata(TrainingMetadata(), SETTINGS) == {}
+    assert training_metadata(TrainingMetadata(pretrained=False, epochs=3), SETTINGS) == {
         "pretrained": False,
         "epochs": 3,
     }
@@ -70,7 +70,7 @@ def test_options_left_out_stay_out_of_the_metadata() -> None:
 
 def test_the_bound_of_a_setting_is_named_by_its_value() -> None:
     with pytest.raises(InvalidOption) as caught:
-        training_metadata(TrainingOptions(epochs=51), SETTINGS)
+        training_metadata(TrainingMetadata(epochs=51), SETTINGS)
     assert "50" in caught.value.problem
 
 

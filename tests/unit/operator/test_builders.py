@@ -10,7 +10,6 @@ import kubernetes_validate
 import pytest
 from training_core.domain import Phase, Run
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_MISCONFIGURED, Resources
-from training_core.settings import load_settings
 from training_operator import builders
 from training_operator.builders import Condition, StatusUpdate
 from training_operator.config import OperatorConfig

@@ -8,11 +8,12 @@ It plays, for one machine, the part the operator plays on Kubernetes:
 - at most ``LOCAL_MAX_CONCURRENT`` run at a time; the rest wait in a FIFO queue;
 - cancel is SIGTERM to the process group (the trainer checkpoints and exits), SIGKILL after a
   grace period;
-- a watcher thread reads exit codes: 0 and 65 mean the trainer recorded its own outcome
-  (anything still active is marked Failed); 75 (interrupted) or an end by SIGTERM re-queues
-  the run, which resumes from its checkpoint, at most ``backoff_limit`` times; any other end
-  (a crash, another signal) marks the run Failed and the project failed. Every update is
-  conditional on the run still being active, so it never overwrites what the trainer wrote.
+- a watcher thread reads each trainer's end (:mod:`.exits`: the exit codes are the README's):
+  the trainer recorded its outcome (anything still active is marked Failed), it was
+  interrupted (the run is re-queued and resumes from its checkpoint, at most
+  ``backoff_limit`` times), or it crashed (the run and the project are marked failed). A run
+  ends through :func:`training_core.lifecycle.end_run`, conditional on the run still being
+  active, so it never overwrites what the trainer wrote.
   An exit the store cannot take yet (it is down) is kept and handled on a later tick, each
   step of it once. A run that ends here (failed, cancelled) has its scratch folders and its
   checkpoints removed: a killed trainer could not remove them, and an ended run is never
