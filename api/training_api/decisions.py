@@ -35,6 +35,7 @@ from training_core.runspec import (
     TrainingMetadata,
     RunSpec,
     bounds_of,
+    default_of,
     default_resources,
     model_sibling,
     model_url_for,
@@ -102,7 +103,7 @@ def resolve_training(
         "learning_rate": settings.default_learning_rate,
         "batch_size": settings.batch_size,
         "image_size": settings.image_size,
-        "pretrained": True,
+        "pretrained": default_of("pretrained"),
     }
     values: dict[str, Any] = {**defaults, **metadata, **dict(overrides)}
     for name, ok, requirement in _rules(settings):
