@@ -123,7 +123,7 @@ def _api_server(stack: LocalStack) -> Iterator[str]:
     env = {**os.environ, **stack.env()}
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "training_core", "serve", "--local", "--port", str(port)],
+            [sys.executable, "-m", "training_agent", "serve", "--local", "--port", str(port)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
