@@ -65,11 +65,22 @@ class WireModel(BaseModel):
 
 
 class Resources(WireModel):
-    gpu_count: int = Field(1, ge=0, le=16)
+    gpu_count: int = Field(1, ge=0, le=16)  # per node
+    nodes: int = Field(1, ge=1, le=64)  # more than one: an Indexed Job, one pod per node
+    # Training processes per node; None: one per GPU (one on a CPU-only node).
+    processes: int | None = Field(None, ge=1, le=64)
     accelerator: str | None = None  # e.g. nvidia-l4, nvidia-tesla-t4, nvidia-h100-80gb
     spot: bool = False
     cpu: str = "4"
     memory: str = "16Gi"
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.processes or max(self.gpu_count, 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
 
 
 def default_resources(settings: Settings) -> Resources:
@@ -117,12 +128,23 @@ class RunSpec(WireModel):
             value = getattr(self, name)
             if value is not None:
                 env[ENV_PREFIX + name.upper()] = _env_text(value)
+        # Of the resources, the trainer reads only the shape of its group of processes.
+        env[ENV_PREFIX + "NODES"] = str(self.resources.nodes)
+        env[ENV_PREFIX + "PROCESSES_PER_NODE"] = str(self.resources.processes_per_node)
         return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunSpec:
         environ = os.environ if environ is None else environ
-        values = {name: environ[key] for name in _env_fields() if (key := ENV_PREFIX + name.upper()) in environ}
+        values: dict[str, Any] = {
+            name: environ[key]
+            for name in _env_fields()
+            if (key := ENV_PREFIX + name.upper()) in environ
+        }
+        values["resources"] = {
+            "nodes": environ.get(ENV_PREFIX + "NODES", "1"),
+            "processes": environ.get(ENV_PREFIX + "PROCESSES_PER_NODE", "1"),
+        }
         return cls.model_validate(values)
 
     # -- the TrainingRun custom resource ---------------------------------------------------
