@@ -24,6 +24,7 @@ from training_core.runspec import (
     RunSpec,
 )
 
+from training_operator import groups
 from training_operator.config import OperatorConfig
 
 TRAINER_CONTAINER = "trainer"
@@ -67,7 +68,7 @@ def owner_reference(run_resource: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_manifest(run_resource: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
-    """The batch/v1 Job that trains one TrainingRun."""
+    """The batch/v1 Job that trains one TrainingRun (one pod per node)."""
     meta = run_resource["metadata"]
     spec = RunSpec.from_resource(meta["name"], run_resource["spec"])
     labels = job_labels(spec)
@@ -83,16 +84,36 @@ def job_manifest(run_resource: Mapping[str, Any], config: OperatorConfig) -> dic
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": spec.run_name,
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "ownerReferences": [owner_reference(run_resource)],
-        },
+        "metadata": _owned_metadata(run_resource, spec),
         "spec": job_spec,
+    }
+    if groups.is_group(spec.resources):
+        return groups.indexed_job(job, spec.resources.nodes, config.master_port)
+    return job
+
+
+def service_manifest(
+    run_resource: Mapping[str, Any], config: OperatorConfig
+) -> dict[str, Any] | None:
+    """The headless Service through which a run's nodes find node 0; ``None`` on one node."""
+    spec = RunSpec.from_resource(run_resource["metadata"]["name"], run_resource["spec"])
+    if not groups.is_group(spec.resources):
+        return None
+    return groups.headless_service(
+        _owned_metadata(run_resource, spec), {LABEL_RUN: spec.run_name}, config.master_port
+    )
+
+
+def _owned_metadata(run_resource: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """Named after the run, labelled for it and owned by it (deleted with it)."""
+    return {
+        "name": spec.run_name,
+        "namespace": run_resource["metadata"]["namespace"],
+        "labels": job_labels(spec.run_name, str(spec.project_id)),
+        "ownerReferences": [owner_reference(run_resource)],
     }
 
 
@@ -138,8 +159,15 @@ def _pod_spec(spec: RunSpec, config: OperatorConfig) -> dict[str, Any]:
         "volumes": [
             {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": config.scratch_size}},
             {"name": "tmp", "emptyDir": {"sizeLimit": config.tmp_size}},
-            # PyTorch's data loader workers share batches through /dev/shm.
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}},
+            # PyTorch's data loader workers (and a node's training processes) share batches
+            # through /dev/shm.
+            {
+                "name": "dshm",
+                "emptyDir": {
+                    "medium": "Memory",
+                    "sizeLimit": groups.shm_size(config.shm_size, spec.resources),
+                },
+            },
         ],
     }
     if node_selector:
@@ -294,9 +322,12 @@ def _active_status(
         return StatusUpdate(
             Phase.PENDING, "Suspended", "suspended (spec.suspend)", (suspend_condition,), start
         )
-    latest = newest_pod(pods)
+    expected = (job.get("spec") or {}).get("parallelism") or 1
+    done = status.get("succeeded") or 0  # nodes whose trainer finished before the others
+    started = [pod for pod in current_pods(pods) if _pod_phase(pod) in ("Running", "Succeeded")]
     disrupted = [pod for pod in pods if _pod_condition(pod, "DisruptionTarget", "True")]
-    if (status.get("ready") or 0) > 0 or (latest and _pod_phase(latest) == "Running"):
+    # Training starts once every node's pod runs: one pod, or each of a group's.
+    if (status.get("ready") or 0) + done >= expected or len(started) >= expected:
         conditions = (suspend_condition, Condition("Scheduled", "True", "PodScheduled"))
         if disrupted:
             conditions += (Condition("Preempted", "False", "Resumed", "running on a new node"),)
@@ -321,9 +352,10 @@ def _active_status(
             (suspend_condition, Condition("Scheduled", "False", "Unschedulable", unschedulable)),
             start,
         )
-    return StatusUpdate(
-        Phase.PENDING, "JobCreated", "waiting for a GPU node", (suspend_condition,), start
-    )
+    waiting = "waiting for a GPU node"
+    if expected > 1:
+        waiting = f"waiting for GPU nodes ({len(started)} of {expected} pods running)"
+    return StatusUpdate(Phase.PENDING, "JobCreated", waiting, (suspend_condition,), start)
 
 
 def job_deleted_status() -> StatusUpdate:
@@ -371,15 +403,21 @@ def newest_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return ordered[-1] if ordered else None
 
 
+def current_pods(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods that train now: the newest of each node's (of the one node's, on one node)."""
+    by_node: dict[str | None, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        by_node.setdefault(groups.completion_index(pod), []).append(pod)
+    return [pod for same_node in by_node.values() if (pod := newest_pod(same_node))]
+
+
 def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The scheduler's reason (``PodScheduled`` = False, ``Unschedulable``) of the newest pod."""
-    latest = newest_pod(pods)
-    if latest is None:
-        return None
-    for condition in (latest.get("status") or {}).get("conditions") or []:
-        scheduled = (condition.get("type"), condition.get("status"), condition.get("reason"))
-        if scheduled == ("PodScheduled", "False", "Unschedulable"):
-            return condition.get("message") or "no node fits the pod"
+    """The scheduler's reason (``PodScheduled`` = False, ``Unschedulable``) of a current pod."""
+    for pod in current_pods(pods):
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            scheduled = (condition.get("type"), condition.get("status"), condition.get("reason"))
+            if scheduled == ("PodScheduled", "False", "Unschedulable"):
+                return condition.get("message") or "no node fits the pod"
     return None
 
 

@@ -33,9 +33,11 @@ class OperatorConfig(BaseSettings):
     ttl_seconds_after_finished: int = Field(86_400, ge=0, le=30 * 86_400)
     scratch_size: str = "100Gi"
     tmp_size: str = "1Gi"
-    shm_size: str = "2Gi"
+    shm_size: str = "2Gi"  # per training process: a pod of several gets a multiple of it
     scratch_dir: str = "/scratch"
     run_as_user: int = Field(10001, ge=1)
+    # A run on several nodes: the port its node 0 listens on for its peers (torch's rendezvous).
+    master_port: int = Field(29500, ge=1, le=65535)
 
     # --- watching and timers ------------------------------------------------------------
     pending_timeout_seconds: float = Field(900.0, gt=0)

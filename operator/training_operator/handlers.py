@@ -99,7 +99,8 @@ def close(memo: kopf.Memo, **_: Any) -> None:
 
 # -- TrainingRun → Job ----------------------------------------------------------------------
 def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Create the run's Job once; a finished or cancelled run never gets a new one."""
+    """Create the run's Job (and, on several nodes, its Service) once; a finished or cancelled
+    run never gets a new one."""
     run_id = UUID(body["spec"]["runId"])
     run = _stored_run(memo.store, run_id)
     if run is None:
@@ -109,13 +110,16 @@ def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise kopf.PermanentError(message)
     if run.phase.is_terminal or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
         return
+    namespace, name = body.metadata.namespace, body.metadata.name
+    service = builders.service_manifest(body, memo.config)
+    if service is not None:  # first, so that node 0 has its name when the pods start
+        _owned(
+            "Service",
+            memo.kube.create_service(service) or memo.kube.get_service(namespace, name),
+            body,
+        )
     manifest = builders.job_manifest(body, memo.config)
-    job = memo.kube.create_job(manifest) or memo.kube.get_job(
-        body.metadata.namespace, body.metadata.name
-    )
-    if job is None:
-        raise kopf.TemporaryError("the Job vanished right after it was found; retrying", delay=5)
-    _check_owner(job, body)
+    job = _owned("Job", memo.kube.create_job(manifest) or memo.kube.get_job(namespace, name), body)
     reconcile(body, job, memo)
 
 
@@ -138,6 +142,8 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _post(memo, body, "Cancelled", transition)
     # No garbage collector may be watching (and it is harmless where one is).
     memo.kube.delete_job(body.metadata.namespace, body.metadata.name)
+    if builders.service_manifest(body, memo.config) is not None:
+        memo.kube.delete_service(body.metadata.namespace, body.metadata.name)
 
 
 def watch_run(
@@ -198,6 +204,7 @@ def apply(run_body: Any, update: StatusUpdate, memo: kopf.Memo) -> dict[str, Any
     current = dict(run_body.get("status") or {})
     patch = builders.status_patch(current, update, run, _now(), spec.epochs)
     patch["jobName"] = meta["name"]
+    patch["worldSize"] = spec.resources.world_size
     if any(current.get(key) != value for key, value in patch.items()):
         memo.kube.patch_run_status(meta["namespace"], meta["name"], patch)
     return {**current, **patch}
@@ -255,14 +262,18 @@ def _flag_pending(
     memo.store.log(spec.project_id, f"TrainingRun {meta['name']} {message}", "warning")
 
 
-def _check_owner(job: dict[str, Any], run_body: kopf.Body) -> None:
-    owners = job.get("metadata", {}).get("ownerReferences") or []
+def _owned(kind: str, found: dict[str, Any] | None, run_body: kopf.Body) -> dict[str, Any]:
+    """The run's own Job or Service (made now, or by an earlier try of this handler)."""
+    if found is None:
+        raise kopf.TemporaryError(f"the {kind} vanished right after it was found; retrying", delay=5)
+    owners = found.get("metadata", {}).get("ownerReferences") or []
     if not any(owner.get("uid") == run_body.metadata.uid for owner in owners):
         raise kopf.TemporaryError(
-            f"a Job named {run_body.metadata.name} from an earlier TrainingRun still exists;"
+            f"a {kind} named {run_body.metadata.name} from an earlier TrainingRun still exists;"
             " waiting for it to be deleted",
             delay=30,
         )
+    return found
 
 
 def _now() -> str:

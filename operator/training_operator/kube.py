@@ -1,4 +1,4 @@
-"""Thin Kubernetes access for the handlers: configuration, Jobs, pods, TrainingRuns.
+"""Thin Kubernetes access for the handlers: configuration, Jobs, Services, pods, TrainingRuns.
 
 Only create, get, list, patch and delete are used (no replace, no server-side apply), so the
 operator needs few permissions and runs against any conforming API server.
@@ -69,14 +69,7 @@ class Kube:
     # -- Jobs --------------------------------------------------------------------------
     def create_job(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create the Job; ``None`` when it exists already (a repeated or resumed handler)."""
-        try:
-            return self._plain(
-                self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest)
-            )
-        except ApiException as error:
-            if error.status == 409:
-                return None
-            raise
+        return self._create(self.batch.create_namespaced_job, manifest)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(lambda: self.batch.read_namespaced_job(name, namespace))
@@ -90,11 +83,22 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete the Job and (in the background) its pods."""
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        self._get(
+            lambda: self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background"
+            )
+        )
+
+    # -- Services (a run on several nodes) ----------------------------------------------------
+    def create_service(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the Service; ``None`` when it exists already."""
+        return self._create(self.core.create_namespaced_service, manifest)
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(lambda: self.core.read_namespaced_service(name, namespace))
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._get(lambda: self.core.delete_namespaced_service(name, namespace))
 
     # -- pods --------------------------------------------------------------------------
     def run_pods(self, namespace: str, run_name: str) -> list[dict[str, Any]]:
@@ -156,6 +160,15 @@ class Kube:
         )
 
     # -- plumbing ----------------------------------------------------------------------
+    def _create(self, call: Any, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object, or ``None`` when one of its name exists (HTTP 409)."""
+        try:
+            return self._plain(call(manifest["metadata"]["namespace"], manifest))
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+
     def _get(self, call: Any) -> dict[str, Any] | None:
         """The object as a dict, or ``None`` when it is gone."""
         try:

@@ -28,6 +28,9 @@ CALL_PERMISSIONS: tuple[Rule, ...] = (
     Rule(CRD_GROUP, f"{CRD_PLURAL}/status", frozenset({"patch"})),
     # One Job per run; suspend patches it, deletion removes it.
     Rule("batch", "jobs", frozenset({"create", "get", "list", "watch", "patch", "delete"})),
+    # A run on several nodes: the headless Service its pods find each other through (a
+    # restarted handler gets the one it made; deletion removes it).
+    Rule("", "services", frozenset({"create", "get", "delete"})),
     # Pods tell running, preempted and unschedulable apart.
     Rule("", "pods", frozenset({"list", "watch"})),
     Rule("", "events", frozenset({"create"})),

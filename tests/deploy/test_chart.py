@@ -151,7 +151,12 @@ def test_everything_on_adds_ingress_monitoring_and_network_policies(rendered: Re
 
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(objects, "NetworkPolicy")}
     assert set(policies) == {"api", "operator", "trainer"}
-    assert policies["operator"]["ingress"] == [] and policies["trainer"]["ingress"] == []
+    assert policies["operator"]["ingress"] == []
+    # A run's pods on several nodes reach each other, on any port (rendezvous, NCCL), and
+    # nothing else reaches them.
+    trainers = {"podSelector": policies["trainer"]["podSelector"]}
+    assert policies["trainer"]["ingress"] == [{"from": [trainers]}]
+    assert policies["trainer"]["egress"][1] == {"to": [trainers]}
     assert policies["api"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
     sources = policies["api"]["ingress"][0]["from"]
     assert {"podSelector": {}} in sources  # the release namespace

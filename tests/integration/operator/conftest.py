@@ -30,7 +30,7 @@ from training_operator.handlers import build_registry
 from training_operator.permissions import as_rbac_rules
 
 from tests.fixtures import steered_program
-from tests.fixtures.cluster import Cluster
+from tests.fixtures.cluster import Cluster, free_port
 from tests.fixtures.kubelet import KubeletStandIn
 
 TIMER_INTERVAL = 0.5
@@ -64,11 +64,13 @@ class Workspace:
     steering: Path
 
     # -- the API's side: record the run, create the TrainingRun -------------------------
-    def start_run(self, **spec_fields: Any) -> tuple[Project, Run]:
+    def start_run(
+        self, bucket_url: str = "gs://models", dataset_url: str | None = None, **spec_fields: Any
+    ) -> tuple[Project, Run]:
         spec_fields.setdefault("resources", {"accelerator": ACCELERATOR})
         project = self.store.create_project(f"flowers-{uuid4().hex[:6]}", status="training")
         name = f"train-{uuid4().hex[:12]}"
-        model_url = f"gs://models/models/{project.name}_model.pth"
+        model_url = f"{bucket_url}/models/{project.name}_model.pth"
         run = self.store.create_run(
             NewRun(project_id=project.id, name=name, spec=dict(spec_fields), model_url=model_url)
         )
@@ -76,7 +78,7 @@ class Workspace:
             run_id=run.id,
             run_name=name,
             project_id=project.id,
-            dataset_url=f"gs://datasets/{project.id}/raw/dataset.zip",
+            dataset_url=dataset_url or f"gs://datasets/{project.id}/raw/dataset.zip",
             model_url=model_url,
             **spec_fields,
         )
@@ -98,6 +100,10 @@ class Workspace:
         """The run's pod programs exit with ``exit_code`` (this pod's and any later one's)."""
         (self.steering / f"{run.id}.exit").write_text(str(exit_code))
 
+    def end_node_once(self, run: Run, index: int, exit_code: int) -> None:
+        """The pod of node ``index`` of a run's group exits with ``exit_code`` (that pod only)."""
+        (self.steering / f"{run.id}.{index}.once").write_text(str(exit_code))
+
     # -- what kubectl would show --------------------------------------------------------
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -110,6 +116,10 @@ class Workspace:
     @property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
+
+    @property
+    def discovery(self) -> client.DiscoveryV1Api:
+        return client.DiscoveryV1Api(self.api)
 
     def training_run(self, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(
@@ -148,6 +158,12 @@ class Workspace:
         listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={run_name}")
         return [self.api.sanitize_for_serialization(p) for p in listed.items]
 
+    def services(self) -> list[dict[str, Any]]:
+        return [
+            self.api.sanitize_for_serialization(s)
+            for s in self.core.list_namespaced_service(self.namespace).items
+        ]
+
     def event_reasons(self, name: str) -> list[str]:
         """The reasons of the Events posted about one TrainingRun (``kubectl describe`` shows
         them; its Job, of the same name, has Events of its own from the Job controller)."""
@@ -185,17 +201,28 @@ def expect(condition: bool) -> None:
 
 
 @pytest.fixture
+def steering(tmp_path: Path) -> Path:
+    folder = tmp_path / "steering"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def trainer_program(steering: Path) -> tuple[list[str], dict[str, str]]:
+    """What the kubelet stand-in runs for the trainer's image, and what the node gives each
+    of its processes: the steered program (a test module may run the real trainer)."""
+    return [sys.executable, steered_program.__file__], {"STEERED_DIR": str(steering)}
+
+
+@pytest.fixture
 def workspace(
-    gpu_pool: Cluster, kube_namespace: str, pg_store: PostgresStore, tmp_path: Path
+    gpu_pool: Cluster, kube_namespace: str, pg_store: PostgresStore, tmp_path: Path,
+    steering: Path, trainer_program: tuple[list[str], dict[str, str]],
 ) -> Iterator[Workspace]:
     namespace = kube_namespace
     _prepare_namespace(gpu_pool, namespace)
-    steering = tmp_path / "steering"
-    steering.mkdir()
-    kubelet = KubeletStandIn(
-        gpu_pool, {GPU_NODE}, {"trainer": [sys.executable, steered_program.__file__]},
-        {"STEERED_DIR": str(steering)}, tmp_path / "pods",
-    )
+    entrypoint, node_env = trainer_program
+    kubelet = KubeletStandIn(gpu_pool, {GPU_NODE}, {"trainer": entrypoint}, node_env, tmp_path / "pods")
     with gpu_pool.api_client() as api, kubelet:
         found = Workspace(cluster=gpu_pool, namespace=namespace, store=pg_store, api=api,
                           kubelet=kubelet, steering=steering)
@@ -248,6 +275,8 @@ def operator_env(
     monkeypatch.setenv("OPERATOR_PENDING_TIMEOUT_SECONDS", str(pending_timeout))
     monkeypatch.setenv("OPERATOR_TIMER_INTERVAL_SECONDS", str(TIMER_INTERVAL))
     monkeypatch.setenv("OPERATOR_TRAINER_IMAGE", TRAINER_IMAGE)
+    # A group's node 0 listens here: on this one machine, a port no other test uses.
+    monkeypatch.setenv("OPERATOR_MASTER_PORT", str(free_port()))
     return OperatorConfig()
 
 

@@ -21,12 +21,15 @@ def test_kubectl_get_trainingruns_shows_phase_progress_and_accuracy(
     )
 
     lines = workspace.kubectl("get", "trainingruns").splitlines()
-    assert lines[0].split() == ["NAME", "PROJECT", "MODEL", "PHASE", "PROGRESS", "VAL-ACC", "AGE"]
-    name, project_id, model, phase, progress, accuracy, age = lines[1].split()
-    assert (name, project_id, model, phase, progress) == (
+    assert lines[0].split() == [
+        "NAME", "PROJECT", "MODEL", "WORLD", "PHASE", "PROGRESS", "VAL-ACC", "AGE"
+    ]
+    name, project_id, model, world, phase, progress, accuracy, age = lines[1].split()
+    assert (name, project_id, model, world, phase, progress) == (
         run.name,
         str(project.id),
         "resnet50",
+        "1",  # one process: one node, one GPU
         "Running",
         "3/10",
     )

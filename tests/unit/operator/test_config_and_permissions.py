@@ -21,6 +21,7 @@ def test_namespaces_come_comma_separated(monkeypatch: pytest.MonkeyPatch) -> Non
         ("OPERATOR_SECRET_NAME", "no/slashes"),
         ("OPERATOR_PENDING_TIMEOUT_SECONDS", "0"),
         ("OPERATOR_IMAGE_PULL_POLICY", "Sometimes"),
+        ("OPERATOR_MASTER_PORT", "70000"),
     ],
 )
 def test_bad_settings_are_refused_by_name(
@@ -40,4 +41,5 @@ def test_rules_read_as_a_role() -> None:
         "verbs": ["create", "delete", "get", "list", "patch", "watch"],
     } in rules
     assert allowed("", "events", "create") and not allowed("", "secrets", "get")
+    assert allowed("", "services", "create") and not allowed("", "services", "list")
     assert not allowed("training.automl.dev", "trainingruns", "delete")

@@ -63,6 +63,7 @@ def test_crd_names_scope_and_columns() -> None:
     assert columns == {
         "Project": ".spec.projectId",
         "Model": ".spec.model",
+        "World": ".status.worldSize",
         "Phase": ".status.phase",
         "Progress": ".status.progress.display",
         "Val-Acc": ".status.progress.valAccuracy",
