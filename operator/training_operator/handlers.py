@@ -20,7 +20,7 @@ from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
 from training_core.settings import load_settings
 from training_core.store import RunUpdate, Store, open_store
 
-from training_operator import builders
+from training_operator import builders, groups
 from training_operator.builders import LABEL_RUN, StatusUpdate, Transition
 from training_operator.config import OperatorConfig
 from training_operator.kube import Kube, connection_info, load_configuration
@@ -142,7 +142,7 @@ def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _post(memo, body, "Cancelled", transition)
     # No garbage collector may be watching (and it is harmless where one is).
     memo.kube.delete_job(body.metadata.namespace, body.metadata.name)
-    if builders.service_manifest(body, memo.config) is not None:
+    if groups.is_group(spec.resources):
         memo.kube.delete_service(body.metadata.namespace, body.metadata.name)
 
 
@@ -265,7 +265,9 @@ def _flag_pending(
 def _owned(kind: str, found: dict[str, Any] | None, run_body: kopf.Body) -> dict[str, Any]:
     """The run's own Job or Service (made now, or by an earlier try of this handler)."""
     if found is None:
-        raise kopf.TemporaryError(f"the {kind} vanished right after it was found; retrying", delay=5)
+        raise kopf.TemporaryError(
+            f"the {kind} vanished right after it was found; retrying", delay=5
+        )
     owners = found.get("metadata", {}).get("ownerReferences") or []
     if not any(owner.get("uid") == run_body.metadata.uid for owner in owners):
         raise kopf.TemporaryError(

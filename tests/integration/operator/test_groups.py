@@ -140,11 +140,17 @@ def test_deleting_the_run_removes_its_job_pods_and_service(
     assert {("", "services", "create"), ("", "services", "delete")} <= calls
 
 
-def test_the_garbage_collector_alone_removes_a_group_with_its_run(
+def test_a_restarted_operator_keeps_the_group_and_the_garbage_collector_alone_removes_it(
     workspace: Workspace, run_operator: Any
 ) -> None:
     with run_operator():
         _, run = start_group(workspace)
+    with run_operator():  # resumes the run: finds the Service and Job it made, makes no other
+        eventually(lambda: expect(
+            ("", "services", "get") in workspace.cluster.calls_of(workspace.operator_user)
+        ))
+    assert [s["metadata"]["name"] for s in workspace.services()] == [run.name]
+    assert [j["metadata"]["name"] for j in workspace.jobs()] == [run.name]
     # The operator is gone (its finalizer with it): Kubernetes' own garbage collector follows
     # the owner references from the run to the Job and Service, and from the Job to its pods.
     workspace.patch_run(run.name, {"metadata": {"finalizers": None}})
