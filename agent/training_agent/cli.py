@@ -74,6 +74,7 @@ def train(
     pretrained: bool = typer.Option(False, help="Start from ImageNet weights (from the local torch hub cache)"),
     seed: int | None = _bounded("seed", help="Make the run reproducible"),
     output: str = typer.Option("model-output", help="Folder for model.pth, its metrics and charts"),
+    nproc: int = typer.Option(1, min=1, max=64, help="Training processes (torchrun standalone; gloo on a CPU)"),
 ) -> None:
     """Train a model on this machine, without the API or a database (the same trainer as a Job)."""
     from pathlib import Path
@@ -84,7 +85,7 @@ def train(
     code = train_locally(
         settings, dataset=dataset, output=Path(output), model=model, epochs=epochs,
         image_size=image_size, batch_size=batch_size, learning_rate=learning_rate,
-        pretrained=pretrained, seed=seed,
+        pretrained=pretrained, seed=seed, processes=nproc,
     )  # fmt: skip
     raise typer.Exit(code)
 

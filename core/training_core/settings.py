@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Besides every epoch's end and SIGTERM: a checkpoint inside an epoch this often.
     checkpoint_interval_seconds: float = Field(300.0, gt=0, le=86_400)
+    # A run of several processes: how long one waits for the others at a collective before
+    # it takes them for lost (a dead peer is usually seen at once: its connection closes).
+    distributed_timeout_seconds: float = Field(300.0, ge=5, le=86_400)
 
     # --- experiment trackers (side channels: they never fail a run) -----------------------
     # TensorBoard event files next to each model, in <model name>_tb/<run name>/.
@@ -88,6 +91,9 @@ class Settings(BaseSettings):
 
     # --- a run's compute on Kubernetes (GKE GPU node pools) -------------------------------
     default_gpu_count: int = Field(1, ge=0, le=16)
+    # What one run may ask for: GPUs per node (one training process each) and nodes.
+    max_gpus_per_node: int = Field(8, ge=0, le=16)
+    max_nodes: int = Field(4, ge=1, le=64)
     # Node label cloud.google.com/gke-accelerator, e.g. nvidia-l4; None: any GPU node.
     default_accelerator: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     default_spot: bool = False  # Spot VMs: cheaper, preemptible (runs resume from checkpoints)

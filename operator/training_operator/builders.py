@@ -112,7 +112,7 @@ def _owned_metadata(run_resource: Mapping[str, Any], spec: RunSpec) -> dict[str,
     return {
         "name": spec.run_name,
         "namespace": run_resource["metadata"]["namespace"],
-        "labels": job_labels(spec.run_name, str(spec.project_id)),
+        "labels": job_labels(spec),
         "ownerReferences": [owner_reference(run_resource)],
     }
 

@@ -37,6 +37,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode
 from training_core.errors import InvalidInput
 
+from trainer.distributed import Group
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RAM_FRACTION = 0.5  # of available RAM the cache may take
@@ -215,6 +217,30 @@ def decode_all(paths: Sequence[Path], size: int, threads: int | None = None) -> 
     return cache
 
 
+def decode_together(
+    paths: Sequence[Path], size: int, group: Group, threads: int | None = None
+) -> torch.Tensor:
+    """Every image decoded once by the group: each rank decodes its contiguous part and
+    broadcasts it, so each holds the whole split at 1/world_size of the decoding time. An
+    image one rank cannot decode is the same error on every rank."""
+    if not group.distributed:
+        return decode_all(paths, size, threads)
+    cache = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    bounds = [len(paths) * rank // group.world_size for rank in range(group.world_size + 1)]
+    error = None
+    try:
+        mine = slice(bounds[group.rank], bounds[group.rank + 1])
+        cache[mine] = decode_all(paths[mine], size, threads)
+    except InvalidInput as failure:
+        error = str(failure)
+    (failed,) = group.agree(error is not None)
+    if failed:
+        raise InvalidInput(group.share_first(error))
+    for rank in range(group.world_size):
+        group.broadcast(cache[bounds[rank] : bounds[rank + 1]], src=rank)
+    return cache
+
+
 class BatchSource(Protocol):
     def batches(self, order: torch.Tensor, batch_size: int, skip: int = 0) -> Iterator[Batch]:
         """uint8 images and int64 labels on the device, in ``order``, from batch ``skip`` on."""
@@ -225,9 +251,9 @@ class CachedImages:
 
     def __init__(
         self, split: Split, size: int, device: torch.device, cache_device: str,
-        threads: int | None = None,
+        threads: int | None = None, group: Group | None = None,
     ) -> None:  # fmt: skip
-        images = decode_all(split.paths, size, threads)
+        images = decode_together(split.paths, size, group or Group(), threads)
         labels = torch.tensor(split.labels, dtype=torch.int64)
         self.device = device
         if cache_device == "cuda":
@@ -344,10 +370,12 @@ class StreamedImages:
         return torch.stack([image.to(self.device, non_blocking=True) for image in images])
 
 
-def open_split(split: Split, size: int, device: torch.device, plan: PipelinePlan) -> BatchSource:
+def open_split(
+    split: Split, size: int, device: torch.device, plan: PipelinePlan, group: Group | None = None
+) -> BatchSource:
     if plan.mode == "cache":
         assert plan.cache_device is not None
-        return CachedImages(split, size, device, plan.cache_device, plan.decoders)
+        return CachedImages(split, size, device, plan.cache_device, plan.decoders, group)
     return StreamedImages(split, size, device, plan.decoders)
 
 

@@ -5,6 +5,12 @@ Adam and cross entropy; channels_last, bf16 autocast where the device has it and
 (:mod:`trainer.precision`), ``torch.compile`` where it pays. Each epoch's batch order comes
 from ``(seed, epoch)``, so a run resumed in the middle of an epoch sees exactly the batches
 it had not seen yet.
+
+In a group of processes (:mod:`trainer.distributed`) the global batches are the same as in
+one process: each rank trains an equal slice of every one (DDP averages the gradients), so
+the same metadata trains the same model whatever the world size, and a checkpoint taken at
+one world size resumes at another. Every batch boundary is agreed: a stop asked on any rank,
+a checkpoint due on rank 0, or an image one rank cannot decode, is seen by all at once.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +27,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from trainer.data import BatchSource, DeviceTransform
+from training_core.errors import InvalidInput
+
+from trainer.data import Batch, BatchSource, DeviceTransform
+from trainer.distributed import Group
 from trainer.precision import (
     PrecisionChoice,
     PrecisionSetting,
@@ -100,13 +109,17 @@ def cpu_count() -> int:
     return count
 
 
-def configure_process(device: torch.device, seed: int, reproducible: bool) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
+def configure_process(
+    device: torch.device, seed: int, reproducible: bool, processes: int = 1, rank: int = 0
+) -> None:
+    """Seeds (each rank's own augmentations), threads and kernels. ``processes``: the
+    training processes sharing this node's CPUs."""
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # One thread per usable core (an explicit OMP_NUM_THREADS wins: on shared machines
         # fewer threads than cores avoid OpenMP's collapse under oversubscription).
-        torch.set_num_threads(cpu_count())
+        torch.set_num_threads(max(1, cpu_count() // processes))
     else:
         torch.backends.cudnn.benchmark = not reproducible
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -132,6 +145,36 @@ def epoch_order(seed: int, epoch: int, size: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
+def check_divides(batch_size: int, world_size: int) -> None:
+    """Each rank takes an equal slice of every batch, of two images at least (batch norm
+    needs two)."""
+    if batch_size % world_size or batch_size < 2 * world_size:
+        raise InvalidInput(
+            f"batch size {batch_size} cannot be split evenly across {world_size} training "
+            f"processes with at least 2 images each: use a multiple of {world_size} of at "
+            f"least {2 * world_size}"
+        )
+
+
+def rank_share(order: torch.Tensor, batch_size: int, group: Group) -> torch.Tensor:
+    """The images this rank trains, in order: its equal slice of each of the epoch's global
+    batches. The last, partial, batch is padded from the epoch's start so that every rank
+    still gets an equal slice of two images at least; in one process nothing changes."""
+    order = order[: usable_samples(len(order), batch_size)]
+    if not group.distributed:
+        return order
+    world, per_rank = group.world_size, batch_size // group.world_size
+    full = len(order) // batch_size * batch_size
+    shares = [order[:full].view(-1, world, per_rank)[:, group.rank].reshape(-1)]
+    rest = len(order) - full
+    if rest:
+        last = max(2, math.ceil(rest / world))
+        padding = order.repeat(math.ceil(last * world / len(order)))[: last * world - rest]
+        padded = torch.cat([order[full:], padding])
+        shares.append(padded[group.rank * last : (group.rank + 1) * last])
+    return torch.cat(shares)
+
+
 # -- one epoch, one evaluation -----------------------------------------------------------
 def train_one_epoch(
     step_model: nn.Module,
@@ -146,42 +189,63 @@ def train_one_epoch(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     checkpoint_due: Callable[[], bool] = lambda: False,
     checkpoint: Callable[[EpochPosition], None] = lambda _: None,
+    group: Group | None = None,
 ) -> EpochPosition:
-    """Train over ``order`` from ``position`` on; stops early (position kept) when asked, and
-    hands ``checkpoint`` the position whenever ``checkpoint_due`` says so."""
+    """Train over ``order`` (``batch_size`` being the global batch) from ``position`` on;
+    stops early (position kept) when asked, and hands ``checkpoint`` the position whenever
+    ``checkpoint_due`` says so."""
+    group = group or Group()
     step_model.train()
     device = transform.scale.device
-    loss_sum = torch.zeros((), device=device)
-    samples, batches = position.samples, position.batches
+    # This segment's sums (loss, images) on this rank; the position holds the group's.
+    sums = torch.zeros(2, device=device)
+    batches = position.batches
     started = time.perf_counter()
-    for images, labels in source.batches(
-        order[: usable_samples(len(order), batch_size)], batch_size, skip=position.batches
-    ):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(step_model(transform(images, train=True)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    share = rank_share(order, batch_size, group)
+    stream = source.batches(share, batch_size // group.world_size, skip=position.batches)
+    while True:
+        batch, error = _next_batch(stream)
+        stop, due, failed = group.agree(should_stop(), checkpoint_due(), error is not None)
+        if failed:
+            raise InvalidInput(group.share_first(error))  # the same error on every rank
+        if due and not stop:  # a stop is checkpointed by whoever handles it
+            checkpoint(_position(position, batches, sums, started, group))
+        if stop or batch is None:
+            break
+        images, labels = batch
+        with group.talking():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = nn.functional.cross_entropy(
+                    step_model(transform(images, train=True)), labels
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if lr_scheduler is not None:
             lr_scheduler.step()
         # Summed on the device: reading the loss every step would stall the GPU.
-        loss_sum += loss.detach().float() * len(labels)
-        samples += len(labels)
+        sums[0] += loss.detach().float() * len(labels)
+        sums[1] += len(labels)
         batches += 1
-        if should_stop():
-            break
-        if checkpoint_due():
-            checkpoint(_position(position, batches, loss_sum, samples, started))
-    return _position(position, batches, loss_sum, samples, started)
+    return _position(position, batches, sums, started, group)
+
+
+def _next_batch(stream: Iterator[Batch]) -> tuple[Batch | None, str | None]:
+    """The next batch (``None`` at the end), or the reason it cannot be read."""
+    try:
+        return next(stream, None), None
+    except InvalidInput as error:
+        return None, str(error)
 
 
 def _position(
-    start: EpochPosition, batches: int, loss_sum: torch.Tensor, samples: int, started: float
+    start: EpochPosition, batches: int, sums: torch.Tensor, started: float, group: Group
 ) -> EpochPosition:
+    loss_sum, samples = group.sum(sums.clone()).tolist()
     return EpochPosition(
         batches=batches,
-        loss_sum=start.loss_sum + float(loss_sum),
-        samples=samples,
+        loss_sum=start.loss_sum + loss_sum,
+        samples=start.samples + int(samples),
         seconds=start.seconds + time.perf_counter() - started,
     )
 
@@ -195,17 +259,24 @@ def evaluate(
     transform: DeviceTransform,
     num_classes: int,
     amp: bool,
+    group: Group | None = None,
 ) -> Evaluation:
+    """Loss, accuracy and confusion matrix over the split; in a group, each rank evaluates
+    every ``world_size``-th image and the sums are reduced."""
+    group = group or Group()
     step_model.eval()
     device = transform.scale.device
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    for images, labels in source.batches(torch.arange(size), batch_size):
+    share = torch.arange(group.rank, size, group.world_size)
+    for images, labels in source.batches(share, batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = step_model(transform(images, train=False))
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         predicted = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
+    group.sum(loss_sum)
+    group.sum(confusion)
     matrix = confusion.view(num_classes, num_classes).cpu()
     total = max(size, 1)
     return Evaluation(
@@ -229,9 +300,12 @@ class Trainer:
         num_classes: int,
         config: TrainConfig,
         device: torch.device,
+        group: Group | None = None,
     ) -> None:
         self.config = config
         self.device = device
+        self.group = group or Group()
+        check_divides(config.batch_size, self.group.world_size)
         self.num_classes = num_classes
         self.train, self.train_size = train, train_size
         self.val, self.val_size = val, val_size
@@ -248,7 +322,13 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         self.compiled = should_compile(config.compile, device, steps)
         # The compiled wrapper runs the steps; ``self.model`` keeps the plain state_dict keys.
-        self.step_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
+        self.eval_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
+        self.step_model = self.eval_model
+        if self.group.distributed:  # DDP averages the ranks' gradients (evaluation needs none)
+            ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            self.step_model = torch.compile(ddp) if self.compiled else ddp
         self.progress = Progress()
         self._precision: PrecisionChoice | None = None
 
@@ -256,11 +336,17 @@ class Trainer:
     def precision(self) -> PrecisionChoice:
         """The run's precision: a resume restores it, else it is decided (on a CPU, probed)
         at first use, so a resumed run neither probes nor changes precision."""
-        if self._precision is None:
-            self._precision = decide_precision(
-                self.config.precision, self.model, self.device, self.config.batch_size,
-                self.config.image_size, self.num_classes,
-            )  # fmt: skip
+        if self._precision is None:  # decided by rank 0 alone, so every rank agrees
+            decided = (
+                decide_precision(
+                    self.config.precision, self.model, self.device,
+                    self.config.batch_size // self.group.world_size, self.config.image_size,
+                    self.num_classes,
+                )  # fmt: skip
+                if self.group.leads
+                else None
+            )
+            self._precision = self.group.share(decided)
         return self._precision
 
     @property
@@ -288,14 +374,15 @@ class Trainer:
             position = train_one_epoch(
                 self.step_model, self.optimizer, self.train, order, self.config.batch_size,
                 self.transform, self.progress.position, should_stop, self.amp, self.lr_scheduler,
-                checkpoint_due, checkpoint,
+                checkpoint_due, checkpoint, self.group,
             )  # fmt: skip
             self.progress.position = position
             if position.batches < self.batches_per_epoch:
                 raise Interrupted(f"stopped in epoch {epoch} after {position.batches} batches")
             result = self._finish_epoch(epoch, position)
             on_epoch_end(result)
-            if should_stop() and self.progress.epochs_done < self.config.epochs:
+            (stop,) = self.group.agree(should_stop())
+            if stop and self.progress.epochs_done < self.config.epochs:
                 raise Interrupted(f"stopped after epoch {epoch}")
         return self.progress.history
 
@@ -307,8 +394,8 @@ class Trainer:
 
     def evaluate(self, source: BatchSource, size: int) -> Evaluation:
         return evaluate(
-            self.step_model, source, size, self.config.batch_size, self.transform,
-            self.num_classes, self.amp,
+            self.eval_model, source, size, self.config.batch_size, self.transform,
+            self.num_classes, self.amp, self.group,
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, position: EpochPosition) -> EpochResult:

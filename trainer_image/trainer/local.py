@@ -3,20 +3,23 @@ database. The same workflow as a Job's run; progress goes to the console and the
 its metrics and charts (and, while it trains, its checkpoints) to an output folder.
 
 The run's identity is derived from its inputs, so the same command run again resumes an
-interrupted training, and does nothing once the model is there.
+interrupted training (with as many processes as then asked), and does nothing once the model
+is there. ``processes`` above one trains with that many processes (gloo on a CPU).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from uuid import NAMESPACE_URL, uuid5
 
 from rich.console import Console
 from training_core.blobs import open_blob_store
-from training_core.runspec import RunSpec
+from training_core.runspec import Resources, RunSpec
 from training_core.settings import Settings
 
 from trainer.interrupt import StopFlag
+from trainer.main import CONSOLE_ENV, lead_group
 from trainer.tracking import ConsoleTracker
 from trainer.workflow import TrainingWorkflow
 
@@ -33,6 +36,7 @@ def train_locally(
     learning_rate: float = 0.001,
     pretrained: bool = False,
     seed: int | None = None,
+    processes: int = 1,
     console: Console | None = None,
 ) -> int:
     """Train and write ``<output>/model.pth``; returns the trainer's exit code."""
@@ -45,8 +49,11 @@ def train_locally(
         run_id=run_id, run_name=f"local-{str(run_id)[:8]}", project_id=uuid5(NAMESPACE_URL, str(output)),
         dataset_url=dataset, model=model, model_url=f"file://{output}/model.pth", epochs=epochs,
         learning_rate=learning_rate, batch_size=batch_size, image_size=image_size,
-        pretrained=pretrained, seed=seed,
+        pretrained=pretrained, seed=seed, resources=Resources(gpu_count=0, processes=processes),
     )  # fmt: skip
+    if spec.resources.world_size > 1:  # each process finds the run in its environment
+        os.environ.update({**spec.to_env(), CONSOLE_ENV: output.name})
+        return lead_group(spec, settings)
     tracker = ConsoleTracker(console or Console(), name=output.name)
     stop = StopFlag().install()
     workflow = TrainingWorkflow(

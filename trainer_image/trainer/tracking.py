@@ -228,6 +228,31 @@ class ConsoleTracker(Tracker):
         self.log(message, "error")
 
 
+class FollowerTracker(Tracker):
+    """A rank other than 0 of a group: rank 0 writes the run's story, this one only logs to
+    its own output (what it would decide, rank 0 decides for it)."""
+
+    def begin(self) -> bool:
+        return True
+
+    def project(self) -> ProjectInfo:
+        return ProjectInfo("")
+
+    def log(self, message: str, level: str = "info") -> None:
+        log.debug(message)
+
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def succeed(
+        self, name: str, model_url: str, metadata: dict[str, Any], progress: Progress
+    ) -> None:
+        pass
+
+    def fail(self, message: str) -> None:
+        log.error(message)
+
+
 def _expected_classes(metadata: dict[str, Any]) -> int | None:
     value = metadata.get("num_classes")
     return value if isinstance(value, int) and value > 0 else None

@@ -7,6 +7,10 @@ the model and the project status → clean up (always) → report.
 A failing step is logged with its name and reason, the run marked Failed and the project
 ``failed``; anything this attempt uploaded is removed, so no partial model is left.
 A stop request (SIGTERM) ends training at a batch boundary with a checkpoint saved.
+
+In a group of processes every rank runs these steps; rank 0 alone writes (checkpoints, log
+lines, progress, the model and its row), the others share its decisions and train their
+part. A peer lost mid-run (:class:`GroupLost`) sends the attempt back to be retried.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from trainer.artifact import build_artifact
 from trainer.charts import write_charts, write_metrics_json
 from trainer.checkpoints import Checkpoints
 from trainer.data import Split, memory_budgets, open_split, plan_pipeline
+from trainer.distributed import Group, GroupLost
 from trainer.engine import (
     EpochResult,
     Evaluation,
@@ -56,6 +61,7 @@ from trainer.engine import (
     TrainConfig,
     Trainer,
     configure_process,
+    cpu_count,
     pick_device,
 )
 from trainer.experiments import Experiments
@@ -85,9 +91,11 @@ class TrainingWorkflow:
         stop: StopFlag | None = None,
         *,
         local_paths: bool = False,
+        group: Group | None = None,
     ) -> None:
         self.spec, self.settings, self.blobs, self.tracker = spec, settings, blobs, tracker
         self.stop = stop or StopFlag()
+        self.group = group or Group()
         self.local_paths = local_paths  # a dataset given as a plain path (training-agent train)
         self.step = "start"
         self.uploaded: list[str] = []  # this attempt's objects, removed if it fails
@@ -100,11 +108,12 @@ class TrainingWorkflow:
     def run(self) -> int:
         """Run every step; the exit code tells the Job (or launcher) what happened."""
         started = time.monotonic()
-        self.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.settings.scratch_dir.glob(f"{self.spec.run_id}-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed attempt of this run
+        if not self.group.distributed:  # a group's agent cleared them before it started
+            remove_stale_scratch(self.settings, self.spec)
         scratch = Path(
-            tempfile.mkdtemp(prefix=f"{self.spec.run_id}-", dir=self.settings.scratch_dir)
+            tempfile.mkdtemp(
+                prefix=f"{self.spec.run_id}-{self.group.rank}-", dir=self.settings.scratch_dir
+            )
         )
         self.checkpoints = Checkpoints(self.blobs, self.spec.model_url, self.spec.run_id, scratch)
         try:
@@ -116,6 +125,9 @@ class TrainingWorkflow:
                     "it resumes from the last checkpoint",
                     "warning",
                 )
+            return EXIT_RETRY
+        except GroupLost as lost:
+            log.warning("the group of training processes is broken (%s): exiting to be retried", lost)
             return EXIT_RETRY
         except RunEnded as ended:
             log.warning("stopping: %s", ended)
@@ -141,14 +153,19 @@ class TrainingWorkflow:
     def _steps(self, scratch: Path, started: float) -> int:
         if not self.validate_state():
             return EXIT_OK
-        if self._already_uploaded():
+        if self.group.share(self._already_uploaded() if self.group.leads else None):
+            if not self.group.leads:
+                return EXIT_OK
             outcome = self._outcome_of_uploaded(scratch)
         else:
             project = self.fetch_metadata()
             archive = self.download_dataset(scratch)
             dataset = self.extract_and_validate(archive, scratch, project.expected_num_classes)
             device, model, seed = self.build_model(dataset, scratch)
-            outcome = self.train(model, dataset, device, seed, scratch)
+            trained = self.train(model, dataset, device, seed, scratch)
+            if trained is None:
+                return EXIT_OK  # a rank other than 0: its part is done
+            outcome = trained
             self.upload_model(outcome, scratch)
         self.record_model(outcome)
         self.experiments.succeeded(outcome.metrics, scratch)
@@ -181,7 +198,7 @@ class TrainingWorkflow:
     # -- 1. validate the run and the project's state -------------------------------------
     def validate_state(self) -> bool:
         with self._step("validate run and project state"):
-            if not self.tracker.begin():
+            if not self.group.share(self.tracker.begin() if self.group.leads else None):
                 self.run_over = True
                 return False
             check_model_name(self.spec.model)  # before any download: fail fast and cheap
@@ -208,7 +225,7 @@ class TrainingWorkflow:
     # -- 2. fetch project and dataset metadata -------------------------------------------
     def fetch_metadata(self) -> ProjectInfo:
         with self._step("fetch project and dataset metadata"):
-            project = self.tracker.project()
+            project = self.group.share(self.tracker.project() if self.group.leads else None)
             if project.dataset:
                 log.info("project %s, dataset %s", project.name, project.dataset)
             return project
@@ -240,8 +257,13 @@ class TrainingWorkflow:
     ) -> tuple[torch.device, torch.nn.Module, int]:
         with self._step("build model"):
             device = pick_device()
-            seed = self._seed()
-            configure_process(device, seed, reproducible=self.spec.seed is not None)
+            if device.type == "cuda" and self.group.distributed:
+                device = torch.device("cuda", self.group.local_rank)  # a GPU of its own
+            seed = self.group.share(self._seed() if self.group.leads else None)
+            configure_process(
+                device, seed, reproducible=self.spec.seed is not None,
+                processes=self.group.local_world_size, rank=self.group.rank,
+            )  # fmt: skip
             model = create_model(self.spec.model, dataset.num_classes, self._weights(scratch))
             return device, model, seed
 
@@ -275,7 +297,8 @@ class TrainingWorkflow:
         device: torch.device,
         seed: int,
         scratch: Path,
-    ) -> Outcome:
+    ) -> Outcome | None:
+        """The trained model (on rank 0; ``None`` on the others)."""
         with self._step("train"):
             splits = {name: _split(dataset, name) for name in dataset.splits}
             sources = self._open_sources(splits, device, dataset.largest_image_pixels)
@@ -286,13 +309,16 @@ class TrainingWorkflow:
             )  # fmt: skip
             trainer = Trainer(
                 model, sources["train"], len(splits["train"]), sources["val"], len(splits["val"]),
-                dataset.num_classes, config, device,
+                dataset.num_classes, config, device, self.group,
             )  # fmt: skip
             self._resume(trainer)
-            self.experiments.start(trainer, scratch)
+            precision = trainer.precision  # decided now, by rank 0, for every rank
+            if self.group.leads:
+                self.experiments.start(trainer, scratch)
+            where = f"{self.group.world_size} processes on {device.type}" if self.group.distributed else device.type
             self.tracker.log(
-                f"Training on {device.type} ({'compiled' if trainer.compiled else 'eager'}, "
-                f"{trainer.precision}), seed {trainer.config.seed}"
+                f"Training on {where} ({'compiled' if trainer.compiled else 'eager'}, "
+                f"{precision}), seed {trainer.config.seed}"
             )
             try:
                 history = trainer.fit(
@@ -308,18 +334,22 @@ class TrainingWorkflow:
                 trainer.evaluate(sources["test"], len(splits["test"])) if "test" in splits else None
             )
             validation = trainer.evaluate(sources["val"], len(splits["val"]))
+            if not self.group.leads:
+                return None
             return self._outcome(trainer, dataset, history, validation, test, scratch)
 
     def _open_sources(
         self, splits: dict[str, Split], device: torch.device, largest_image_pixels: int
     ) -> dict[str, Any]:
         ram, gpu = memory_budgets(device)
+        processes = self.group.local_world_size  # this node's ranks share its RAM and CPUs
         plan = plan_pipeline(
             sum(len(s) for s in splits.values()),
             self.spec.image_size,
-            ram_budget=ram,
+            ram_budget=ram // processes,
             gpu_budget=gpu,
             largest_image_pixels=largest_image_pixels,
+            cpus=max(1, cpu_count() // processes),
         )
         where = (
             f"decoded-image cache in {plan.cache_device} memory"
@@ -332,7 +362,7 @@ class TrainingWorkflow:
         )
         started = time.monotonic()
         sources = {
-            name: open_split(split, self.spec.image_size, device, plan)
+            name: open_split(split, self.spec.image_size, device, plan, self.group)
             for name, split in splits.items()
         }
         if plan.mode == "cache":
@@ -358,7 +388,8 @@ class TrainingWorkflow:
             f"val acc: {result.val_accuracy:.2f} ({result.images_per_second:.0f} images/s)"
         )
         self._save_checkpoint(trainer)
-        self.experiments.epoch(result)
+        if self.group.leads:
+            self.experiments.epoch(result)
         self.tracker.progress(_progress(trainer, result))
 
     def _checkpoint_due(self) -> bool:
@@ -368,6 +399,8 @@ class TrainingWorkflow:
 
     def _save_checkpoint(self, trainer: Trainer) -> None:
         assert self.checkpoints is not None
+        if not self.group.leads:
+            return
         started = time.monotonic()
         try:
             url = self.checkpoints.save(trainer.state_dict())
@@ -389,6 +422,7 @@ class TrainingWorkflow:
             "val_accuracy": validation.accuracy,
             "test_accuracy": test.accuracy if test else None,
             "training_time_seconds": round(training_seconds, 2),
+            "steps": trainer.lr_scheduler.last_epoch,  # optimizer steps, resumes included
             "images_per_second": final.images_per_second,
             "confusion_matrix": (test or validation).confusion,
             "confusion_matrix_split": "test" if test else "val",
@@ -470,7 +504,7 @@ class TrainingWorkflow:
     def clean_up(self, scratch: Path) -> None:
         self.experiments.close(ended=self.run_over)  # before the scratch (their files) goes
         shutil.rmtree(scratch, ignore_errors=True)
-        if self.run_over and self.checkpoints is not None:
+        if self.run_over and self.checkpoints is not None and self.group.leads:
             try:
                 self.checkpoints.clear()  # an ended run is never resumed
             except Exception as error:  # noqa: BLE001 - leftovers cost storage, not correctness
@@ -487,6 +521,13 @@ class TrainingWorkflow:
             + f". Model: {self.spec.model_url}"
         )
         return EXIT_OK
+
+
+def remove_stale_scratch(settings: Settings, spec: RunSpec) -> None:
+    """Scratch folders left by a killed attempt of this run (of any of its processes)."""
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    for stale in settings.scratch_dir.glob(f"{spec.run_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _split(dataset: DatasetDescription, name: str) -> Split:
