@@ -9,6 +9,7 @@ and the model. A trainer that trains each pod on its own logs and records twice,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 @pytest.fixture
 def trainer_program() -> tuple[list[str], dict[str, str]]:
-    """The trainer image's own entrypoint, one CPU thread per process on this small machine."""
-    return [sys.executable, "-m", "trainer"], {"OMP_NUM_THREADS": "1"}
+    """The trainer image's own entrypoint, one CPU thread per process on this small machine
+    (with the test's own import path, as the image has its packages)."""
+    path = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+    return [sys.executable, "-m", "trainer"], {"OMP_NUM_THREADS": "1", **path}
 
 
 @pytest.fixture
