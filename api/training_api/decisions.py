@@ -34,6 +34,7 @@ from training_core.runspec import (
     Bounds,
     TrainingMetadata,
     RunSpec,
+    batch_split_problem,
     bounds_of,
     default_of,
     default_resources,
@@ -59,6 +60,13 @@ class TrainingChoice:
     pretrained: bool
     seed: int | None
     dataset_url: str
+    gpus: int = 1  # per node
+    nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: one per GPU (one on a node without), on every node."""
+        return self.nodes * max(self.gpus, 1)
 
 
 def parse_project_id(text: str) -> UUID:
@@ -84,7 +92,16 @@ def _rules(settings: Settings) -> list[tuple[str, Callable[[Any], bool], str]]:
     rules.insert(
         4, ("num_classes", lambda v: v is None or v >= MIN_CLASSES, f"at least {MIN_CLASSES}")
     )
+    for name, low, high in (
+        ("gpus", 0, settings.max_gpus_per_node),
+        ("nodes", 1, settings.max_nodes),
+    ):
+        rules.append((name, _within(low, high), f"between {low} and {high}"))
     return rules
+
+
+def _within(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _admits(bounds: Bounds, optional: bool) -> Callable[[Any], bool]:
@@ -104,11 +121,24 @@ def resolve_training(
         "batch_size": settings.batch_size,
         "image_size": settings.image_size,
         "pretrained": default_of("pretrained"),
+        "gpus": settings.default_gpu_count,
+        "nodes": 1,
     }
     values: dict[str, Any] = {**defaults, **metadata, **dict(overrides)}
     for name, ok, requirement in _rules(settings):
         if not ok(values.get(name)):
             raise _bad_value(name, values[name], requirement, from_request=name in overrides)
+    if values["nodes"] > 1 and settings.launcher == "local":
+        raise _bad_value(
+            "nodes", values["nodes"], "1 with the local launcher (it trains on this machine)",
+            from_request="nodes" in overrides,
+        )  # fmt: skip
+    world_size = values["nodes"] * max(values["gpus"], 1)
+    if problem := batch_split_problem(values["batch_size"], world_size):
+        asked = any(name in overrides for name in ("batch_size", "gpus", "nodes"))
+        gpus = f"{values['gpus']} GPUs"
+        shape = f" ({values['nodes']} nodes × {gpus})" if values["nodes"] > 1 else f" ({gpus})"
+        raise _split_refusal(problem + shape, from_request=asked)
     if values["model"] not in SUPPORTED_MODELS:
         source = "requested" if "model" in overrides else "in the project metadata"
         raise ApiError(
@@ -126,7 +156,15 @@ def resolve_training(
         pretrained=values["pretrained"],
         seed=values.get("seed"),
         dataset_url=check_dataset_url(dataset),
+        gpus=values["gpus"],
+        nodes=values["nodes"],
     )
+
+
+def _split_refusal(problem: str, *, from_request: bool) -> ApiError:
+    if from_request:
+        return ApiError(422, "invalid_parameter", problem)
+    return ApiError(400, "invalid_metadata", f"project metadata {problem}")
 
 
 def check_project_kind(project: Project) -> None:
@@ -205,7 +243,9 @@ def plan_run(
         image_size=choice.image_size,
         pretrained=choice.pretrained,
         seed=choice.seed,
-        resources=default_resources(settings),
+        resources=default_resources(settings).model_copy(
+            update={"gpu_count": choice.gpus, "nodes": choice.nodes}
+        ),
     )
 
 

@@ -56,7 +56,16 @@ class StartRequest(BaseModel):
     epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
     batch_size: int | None = Field(
-        None, ge=1, description="Images per step (at most MAX_BATCH_SIZE)."
+        None,
+        ge=1,
+        description="Images per step, over all GPUs (at most MAX_BATCH_SIZE); each training"
+        " process trains an equal slice of it.",
+    )
+    gpus: int | None = Field(
+        None, ge=0, description="GPUs per node, one training process each (at most MAX_GPUS_PER_NODE)."
+    )
+    nodes: int | None = Field(
+        None, ge=1, description="Nodes that train together (at most MAX_NODES)."
     )
 
     def overrides(self) -> dict[str, Any]:

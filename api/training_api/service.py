@@ -155,7 +155,7 @@ class TrainingService:
             self.store.log(
                 project.id,
                 f"Training run {run.name} queued: {spec.model}, {spec.epochs} epochs, batch"
-                f" {spec.batch_size}, learning rate {spec.learning_rate:g};"
+                f" {spec.batch_size}, learning rate {spec.learning_rate:g}{_world(spec)};"
                 f" model → {spec.model_url}",
             )
         except StoreUnavailable as error:
@@ -366,3 +366,16 @@ class TrainingService:
 
 def _project_not_found(project_id: UUID) -> ApiError:
     return ApiError(404, "project_not_found", f"project {project_id} not found")
+
+
+def _world(spec: RunSpec) -> str:
+    """A run of several processes says how many, and where."""
+    resources = spec.resources
+    if resources.world_size == 1:
+        return ""
+    if resources.nodes == 1:
+        return f", {resources.world_size} processes"
+    return (
+        f", {resources.world_size} processes ({resources.nodes} nodes ×"
+        f" {resources.processes_per_node})"
+    )

@@ -255,7 +255,22 @@ TrainingMetadata = create_model(
         for name in METADATA_PARAMETERS
     },
     num_classes=(int | None, None),
+    gpus=(int | None, None),  # per node: Resources.gpu_count
+    nodes=(int | None, None),
 )
+
+
+def batch_split_problem(batch_size: int, world_size: int) -> str | None:
+    """Why a global batch cannot be split across ``world_size`` training processes (each
+    trains an equal slice of every batch, of two images at least: batch norm needs two);
+    ``None`` when it can."""
+    if batch_size % world_size == 0 and batch_size >= 2 * world_size:
+        return None
+    return (
+        f"batch_size {batch_size} cannot be split evenly across {world_size} training "
+        f"processes with at least 2 images each: use a multiple of {world_size}, at least "
+        f"{2 * world_size}"
+    )
 
 
 def model_url_for(bucket_url: str, project_name: str, run_id: UUID | None = None) -> str:

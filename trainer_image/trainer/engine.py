@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from training_core.errors import InvalidInput
+from training_core.runspec import batch_split_problem
 
 from trainer.data import Batch, BatchSource, DeviceTransform
 from trainer.distributed import Group
@@ -146,14 +147,8 @@ def epoch_order(seed: int, epoch: int, size: int) -> torch.Tensor:
 
 
 def check_divides(batch_size: int, world_size: int) -> None:
-    """Each rank takes an equal slice of every batch, of two images at least (batch norm
-    needs two)."""
-    if batch_size % world_size or batch_size < 2 * world_size:
-        raise InvalidInput(
-            f"batch size {batch_size} cannot be split evenly across {world_size} training "
-            f"processes with at least 2 images each: use a multiple of {world_size} of at "
-            f"least {2 * world_size}"
-        )
+    if problem := batch_split_problem(batch_size, world_size):
+        raise InvalidInput(problem)
 
 
 def rank_share(order: torch.Tensor, batch_size: int, group: Group) -> torch.Tensor:
@@ -203,15 +198,10 @@ def train_one_epoch(
     started = time.perf_counter()
     share = rank_share(order, batch_size, group)
     stream = source.batches(share, batch_size // group.world_size, skip=position.batches)
-    while True:
-        batch, error = _next_batch(stream)
-        stop, due, failed = group.agree(should_stop(), checkpoint_due(), error is not None)
-        if failed:
-            raise InvalidInput(group.share_first(error))  # the same error on every rank
-        if due and not stop:  # a stop is checkpointed by whoever handles it
-            checkpoint(_position(position, batches, sums, started, group))
-        if stop or batch is None:
-            break
+    batch, error = _next_batch(stream)
+    if group.agree(error is not None)[0]:
+        raise InvalidInput(group.share_first(error))  # the same error on every rank
+    while batch is not None:
         images, labels = batch
         with group.talking():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -227,6 +217,14 @@ def train_one_epoch(
         sums[0] += loss.detach().float() * len(labels)
         sums[1] += len(labels)
         batches += 1
+        batch, error = _next_batch(stream)  # read before the boundary's one agreement
+        stop, due, failed = group.agree(should_stop(), checkpoint_due(), error is not None)
+        if failed:
+            raise InvalidInput(group.share_first(error))
+        if stop:
+            break
+        if due:
+            checkpoint(_position(position, batches, sums, started, group))
     return _position(position, batches, sums, started, group)
 
 

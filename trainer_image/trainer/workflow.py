@@ -395,7 +395,9 @@ class TrainingWorkflow:
     def _checkpoint_due(self) -> bool:
         """Inside an epoch, every CHECKPOINT_INTERVAL_SECONDS: a node lost without notice
         then costs at most that much training, not the whole epoch."""
-        return time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_seconds
+        interval = self.settings.checkpoint_interval_seconds
+        # Rank 0's clock decides (it saves); the batch boundary's agreement tells the others.
+        return self.group.leads and time.monotonic() - self._last_checkpoint >= interval
 
     def _save_checkpoint(self, trainer: Trainer) -> None:
         assert self.checkpoints is not None

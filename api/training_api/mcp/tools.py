@@ -212,8 +212,8 @@ TOOLS = (
         description=(
             "Start training an image classifier for a project (a UUID) on its newest dataset."
             " The project must be pending_training, an image_classification/pytorch project."
-            " model, epochs, learning_rate and batch_size are optional and win over the"
-            " project's metadata; leave them out to use its defaults. Safe to repeat: while the"
+            " model, epochs, learning_rate, batch_size, gpus (per node) and nodes are optional"
+            " and win over the project's metadata; leave them out to use its defaults. Safe to repeat: while the"
             " project has an active run, the call returns that run (created: false) and starts"
             " nothing. Then follow it with wait_for_training or get_training_status. "
             + PROJECT_ERRORS
@@ -222,7 +222,12 @@ TOOLS = (
         output=StartResponse,
         annotations=_hints(read_only=False),
         run=start_training,
-        bounds={"epochs": lambda s: s.max_epochs, "batch_size": lambda s: s.max_batch_size},
+        bounds={
+            "epochs": lambda s: s.max_epochs,
+            "batch_size": lambda s: s.max_batch_size,
+            "gpus": lambda s: s.max_gpus_per_node,
+            "nodes": lambda s: s.max_nodes,
+        },
     ),
     ToolSpec(
         name="get_training_status",

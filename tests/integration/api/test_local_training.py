@@ -65,11 +65,16 @@ def status_of(api, project_id) -> dict:
     return api.get(f"/agents/training/status/{project_id}", params={"logs": 50}).json()
 
 
-def test_start_trains_a_model_that_appears_in_the_bucket(training_api, digits_project, store):
+@pytest.mark.parametrize("gpus", [None, 2], ids=["one process", "two processes"])
+def test_start_trains_a_model_that_appears_in_the_bucket(
+    training_api, digits_project, store, gpus
+):
     api, settings = training_api
     project = digits_project(epochs=2)
+    # On a machine without GPUs, each asked GPU is a training process on the CPU (gloo).
+    request = {"project_id": str(project.id)} | ({"gpus": gpus} if gpus else {})
 
-    started = api.post("/agents/training/start", json={"project_id": str(project.id)})
+    started = api.post("/agents/training/start", json=request)
     assert started.status_code == 202
     seen = set()
 
@@ -89,6 +94,9 @@ def test_start_trains_a_model_that_appears_in_the_bucket(training_api, digits_pr
     assert open_blob_store(settings).stat(final["model_url"]).size > 0
     assert [m.gcs_url for m in store.get_models(project.id)] == [final["model_url"]]
     assert final["logs"]  # the trainer's steps are visible to the platform
+    where = "2 processes on cpu" if gpus else "cpu ("
+    lines = [entry["message"] for entry in final["logs"]]
+    assert any(line.startswith(f"Training on {where}") for line in lines), lines
 
 
 def test_cancel_stops_a_training_run(training_api, digits_project, store):

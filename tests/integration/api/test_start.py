@@ -222,6 +222,31 @@ def test_bounds_from_settings_apply_to_request_values(client, store, project_fac
     assert store.get_latest_run(project.id) is None
 
 
+@pytest.mark.parametrize(
+    ("asked", "message"),
+    [
+        ({"gpus": 9}, "gpus must be between 0 and 8 (got 9)"),
+        ({"nodes": 5}, "nodes must be between 1 and 4 (got 5)"),
+        (
+            {"gpus": 4, "batch_size": 30},
+            "batch_size 30 cannot be split evenly across 4 training processes with at least 2"
+            " images each: use a multiple of 4, at least 8 (4 GPUs)",
+        ),
+    ],
+)
+def test_a_group_over_the_limits_or_a_batch_it_cannot_split_is_refused(
+    client, store, project_factory, asked, message
+):
+    project = project_factory()
+
+    response = client.post(START, json={"project_id": str(project.id), **asked})
+
+    assert response.status_code == 422
+    assert error_of(response) == {"code": "invalid_parameter", "message": message}
+    assert store.get_latest_run(project.id) is None
+    assert store.get_project(project.id).status == "pending_training"
+
+
 def test_a_project_training_without_an_active_run_is_409(client, store, project_factory):
     project = project_factory(status="training")
 

@@ -14,12 +14,14 @@ import re
 import signal
 import subprocess
 import time
+import zipfile
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
 from training_core.domain import Phase
-from training_core.runspec import EXIT_OK, EXIT_RETRY, METRICS_SUFFIX, Resources, model_sibling
+from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, METRICS_SUFFIX, Resources, model_sibling
 
 from tests.integration.trainer.conftest import TrainerCase
 
@@ -139,4 +141,31 @@ def test_a_rank_killed_outright_takes_the_group_down_and_the_run_resumes(
     assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
     [model] = case.store.get_models(case.project.id)
     assert model.run_id == case.run.id
+    assert list(case.scratch.iterdir()) == []
+
+
+@pytest.mark.digits(limit=200)
+def test_a_damaged_image_fails_the_run_once(
+    trainer_case: TrainerCase, tmp_path: Path
+) -> None:
+    case = trainer_case
+    original = tmp_path / "digits.zip"
+    original.write_bytes(case.blobs.read_bytes(case.spec.dataset_url))
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(damaged, "w") as target:
+        names = source.namelist()
+        last = max(name for name in names if name.startswith("train/") and name.endswith(".png"))
+        for name in names:  # the split's last image
+            data = source.read(name)
+            target.writestr(name, data[: len(data) // 2] if name == last else data)
+    case.blobs.upload(damaged, case.spec.dataset_url, create_only=False)
+
+    assert case.run_trainer(resources=TWO) == EXIT_DO_NOT_RETRY, case.output()
+
+    run = case.store.get_run(case.run.id)
+    assert run.phase == Phase.FAILED
+    assert f"cannot be decoded: {last}" in (run.error or ""), run.error
+    failures = [line for line in case.log_lines() if line.startswith("Training failed")]
+    assert len(failures) == 1, failures
+    assert case.store.get_project(case.project.id).status == "failed"
     assert list(case.scratch.iterdir()) == []

@@ -263,3 +263,70 @@ def test_a_cancel_cut_short_is_told_apart(phase, status, cut_short):
     run = Run(id=uuid4(), project_id=PROJECT_ID, name="r", phase=phase)
 
     assert cancel_cut_short(project(status=status), run, SETTINGS) is cut_short
+
+
+# -- several GPUs and nodes -----------------------------------------------------------------
+GROUPS = load_settings(
+    bucket_url="gs://models-bucket", max_gpus_per_node=8, max_nodes=4, launcher="kubernetes"
+)
+
+
+def test_gpus_and_nodes_come_from_the_request_the_metadata_or_the_settings():
+    default = resolve_training(project(), dataset(), {}, GROUPS)
+    from_metadata = resolve_training(project(metadata={"gpus": 4, "nodes": 2}), dataset(), {}, GROUPS)
+    asked = resolve_training(
+        project(metadata={"gpus": 4, "nodes": 2}), dataset(), {"nodes": 1, "batch_size": 64}, GROUPS
+    )
+
+    assert (default.gpus, default.nodes, default.world_size) == (GROUPS.default_gpu_count, 1, 1)
+    assert (from_metadata.gpus, from_metadata.nodes, from_metadata.world_size) == (4, 2, 8)
+    assert (asked.gpus, asked.nodes, asked.world_size) == (4, 1, 4)
+
+
+def test_the_plan_carries_the_group_shape_to_the_training_run():
+    choice = resolve_training(project(), dataset(), {"gpus": 2, "nodes": 3, "batch_size": 48}, GROUPS)
+
+    spec = plan_run(choice, project(), None, uuid4(), GROUPS)
+
+    assert (spec.resources.gpu_count, spec.resources.nodes, spec.resources.world_size) == (2, 3, 6)
+    assert spec.to_resource_spec()["resources"]["nodes"] == 3
+    assert spec.batch_size == 48  # the global batch: 8 images per process
+
+
+def test_one_machine_trains_on_one_node():
+    local = GROUPS.model_copy(update={"launcher": "local"})
+
+    error = refusal(lambda: resolve_training(project(), dataset(), {"nodes": 2}, local))
+
+    assert (error.status, error.code) == (422, "invalid_parameter")
+    assert error.message == "nodes must be 1 with the local launcher (it trains on this machine) (got 2)"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "overrides", "status", "code", "message"),
+    [
+        ({}, {"gpus": 9}, 422, "invalid_parameter", "gpus must be between 0 and 8 (got 9)"),
+        ({}, {"nodes": 5}, 422, "invalid_parameter", "nodes must be between 1 and 4 (got 5)"),
+        ({"nodes": 0}, {}, 400, "invalid_metadata", "project metadata nodes must be between 1 and 4 (got 0)"),
+        (
+            {},
+            {"gpus": 4, "nodes": 2, "batch_size": 36},
+            422,
+            "invalid_parameter",
+            "batch_size 36 cannot be split evenly across 8 training processes with at least 2"
+            " images each: use a multiple of 8, at least 16 (2 nodes × 4 GPUs)",
+        ),
+        (
+            {"gpus": 8, "batch_size": 8},
+            {},
+            400,
+            "invalid_metadata",
+            "project metadata batch_size 8 cannot be split evenly across 8 training processes",
+        ),
+    ],
+)
+def test_a_group_the_batch_or_the_limits_refuse_is_refused(metadata, overrides, status, code, message):
+    error = refusal(lambda: resolve_training(project(metadata=metadata), dataset(), overrides, GROUPS))
+
+    assert (error.status, error.code) == (status, code)
+    assert message in error.message

@@ -42,7 +42,8 @@ def test_the_trainingrun_spec_is_camel_case_without_empty_fields() -> None:
         "pretrained": True,
         "seed": 7,
         "resources": {
-            "gpuCount": 1, "accelerator": "nvidia-l4", "spot": False, "cpu": "4", "memory": "16Gi",
+            "gpuCount": 1, "nodes": 1, "accelerator": "nvidia-l4", "spot": False, "cpu": "4",
+            "memory": "16Gi",
         },
         "backoffLimit": 3,
         "suspend": False,
@@ -75,9 +76,23 @@ def test_the_trainers_environment_holds_the_training_fields_only() -> None:
         "TRAINING_PRETRAINED": "true",
         "TRAINING_WEIGHTS_URL": "gs://b/w.pth",
         "TRAINING_SEED": "0",
+        "TRAINING_NODES": "1",
+        "TRAINING_PROCESSES_PER_NODE": "1",
     }
-    # What shapes the Job is not the trainer's: it reads back as the defaults.
-    assert RunSpec.from_env({**env, "OTHER": "x"}) == spec(seed=0, weights_url="gs://b/w.pth")
+    # What shapes the Job is not the trainer's (it reads back as the defaults), but for the
+    # shape of its group of processes.
+    assert RunSpec.from_env({**env, "OTHER": "x"}) == spec(
+        seed=0, weights_url="gs://b/w.pth", resources=Resources(processes=1)
+    )
+
+
+def test_a_group_is_one_process_per_gpu_on_each_node_unless_told() -> None:
+    assert Resources(gpu_count=8, nodes=2).world_size == 16
+    assert Resources(gpu_count=0, nodes=3).world_size == 3  # CPU nodes: one process each
+    assert Resources(gpu_count=0, processes=2).world_size == 2
+    group = spec(resources=Resources(gpu_count=4, nodes=2)).to_env()
+    assert (group["TRAINING_NODES"], group["TRAINING_PROCESSES_PER_NODE"]) == ("2", "4")
+    assert RunSpec.from_env(group).resources.world_size == 8
 
 
 def test_the_store_keeps_the_snake_case_form() -> None:
