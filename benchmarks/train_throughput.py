@@ -19,6 +19,13 @@ the table.
     python benchmarks/train_throughput.py                       # CPU defaults: short
     python benchmarks/train_throughput.py --models resnet18 --steps 12 --rounds 3
     python benchmarks/train_throughput.py --images 6000 --steps 50    # a GPU
+
+With ``--nproc N`` it measures scaling instead: the cache pipeline's images/s of N training
+processes (DDP; one per GPU on CUDA, gloo on the CPU) against one process, same global batch,
+back to back in the same run.
+
+    python benchmarks/train_throughput.py --nproc 2 --models resnet18 --rounds 2
+    python benchmarks/train_throughput.py --nproc 8 --images 6000 --steps 50   # 8 GPUs
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from trainer.data import (
     decode_streamed,
     open_split,
 )
+from trainer.distributed import Group, join
 from trainer.engine import EpochPosition, TrainConfig, Trainer, cpu_count, train_one_epoch
 from trainer.precision import bf16_native
 from trainer.models import create_model
@@ -158,17 +166,17 @@ def seed_pipeline(
 
 def our_trainer(
     split: Split, model_name: str, size: int, device: torch.device, batch: int,
-    compile_model: bool, plan: PipelinePlan,
+    compile_model: bool, plan: PipelinePlan, group: Group | None = None,
 ) -> tuple[Trainer, str]:  # fmt: skip
     """The trainer (its precision decided, as a run does before its first step) and how."""
-    source = open_split(split, size, device, plan)
+    source = open_split(split, size, device, plan, group)
     config = TrainConfig(
         epochs=1, learning_rate=1e-3, batch_size=batch, seed=0,
         compile="on" if compile_model else "off", precision="auto", image_size=size,
     )  # fmt: skip
     trainer = Trainer(
         create_model(model_name, CLASSES), source, len(split), source, len(split), CLASSES,
-        config, device,
+        config, device, group,
     )  # fmt: skip
     started = time.perf_counter()
     precision = trainer.precision
@@ -192,7 +200,7 @@ def fed_by(
             )[: take * batch]
             train_one_epoch(
                 trainer.step_model, trainer.optimizer, source, order, batch, trainer.transform,
-                EpochPosition(), lambda: False, trainer.amp,
+                EpochPosition(), lambda: False, trainer.amp, group=trainer.group,
             )  # fmt: skip
             left -= take
 
@@ -253,6 +261,72 @@ def contenders(
     return measures
 
 
+# -- scaling: N processes against one --------------------------------------------------------
+def group_rate(
+    split: Split, model: str, size: int, batch: int, nproc: int, warmup: int, steps: int
+) -> float:
+    """Images/s of ``nproc`` training processes on the cache pipeline (global batch
+    ``batch``), measured by rank 0."""
+    with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
+        out = Path(tmp) / "rate"
+        port = _free_port()
+        torch.multiprocessing.spawn(
+            _rank_rate, args=(nproc, port, split, model, size, batch, warmup, steps, out),
+            nprocs=nproc,
+        )  # fmt: skip
+        return float(out.read_text())
+
+
+def _rank_rate(
+    rank: int, world: int, port: int, split: Split, model: str, size: int, batch: int,
+    warmup: int, steps: int, out: Path,
+) -> None:  # fmt: skip
+    device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cpu":  # the node's cores, shared as the trainer shares them
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", cpu_count())) // world))
+    environ = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    os.environ.update(environ)
+    group = join(device, timeout_seconds=600, environ=environ)
+    cache_device = "cuda" if device.type == "cuda" else "cpu"
+    plan = PipelinePlan("cache", cache_device, "benchmark", max(1, cpu_count() // world))
+    trainer, _ = our_trainer(split, model, size, device, batch, device.type == "cuda", plan, group)
+    measure = fed_by("cache", trainer, trainer.train, size, batch, warmup, steps, "")
+    if rank == 0:
+        out.write_text(repr(measure.images_per_second))
+    group.leave()
+
+
+def scaling_table(
+    results: dict[str, list[tuple[float, float]]], nproc: int, size: int, device: torch.device,
+    batch: int, steps: int,
+) -> Table:  # fmt: skip
+    rounds = len(next(iter(results.values())))
+    unit = "GPU" if device.type == "cuda" else "process"
+    table = Table(
+        title=f"Training images/s at {size} px on {_device_name(device)}: {nproc} processes "
+        f"against one, global batch {batch}, {steps} timed steps (best of {rounds} round(s))"
+    )
+    for column in ("model", "1 process", f"{nproc} processes", "speed-up", f"per {unit}"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, measured in results.items():
+        one = max(rate for rate, _ in measured)
+        many = max(rate for _, rate in measured)
+        table.add_row(
+            model, f"{one:,.1f}", f"{many:,.1f}", f"{many / one:.2f}×",
+            f"{100 * many / one / nproc:.0f}%",
+        )  # fmt: skip
+    return table
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 # -- the run -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -282,6 +356,10 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="auto: on for resnet50 on CUDA",
     )
+    parser.add_argument(
+        "--nproc", type=int,
+        help="measure N training processes against one instead (cache pipeline, same global batch)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -301,6 +379,19 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"Writing {images} photo-like {width}×{height} JPEGs …")
         archive = write_dataset(root, images, (width, height))
         split, startup = _start_up(archive, root / "extracted", args.image_size)
+        if args.nproc:
+            scaling: dict[str, list[tuple[float, float]]] = {}
+            for model in args.models.split(","):
+                console.print(f"Measuring {model}: 1 and {args.nproc} processes …")
+                scaling[model] = [
+                    tuple(  # type: ignore[misc]
+                        group_rate(split, model, args.image_size, batch, n, warmup, steps)
+                        for n in (1, args.nproc)
+                    )
+                    for _ in range(args.rounds)
+                ]
+            console.print(scaling_table(scaling, args.nproc, args.image_size, device, batch, steps))
+            return
         decoding = _decode_times(split, args.image_size)
         results: dict[str, list[list[Measure]]] = {}
         for model in args.models.split(","):

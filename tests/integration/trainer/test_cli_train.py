@@ -75,6 +75,23 @@ def test_train_writes_a_model_to_the_output_folder(
     assert (out / "model.pth").read_bytes() == before
 
 
+def test_train_with_two_processes_writes_one_model(tmp_path: Path, digits_zip: DigitsZip) -> None:
+    dataset = digits_zip(16, 300)
+
+    done = _train(
+        tmp_path, "--dataset", str(dataset), "--epochs", "1", "--image-size", "16",
+        "--batch-size", "32", "--seed", "1", "--output", "out", "--nproc", "2",
+    )  # fmt: skip
+
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert "Training on 2 processes on cpu" in done.stdout
+    assert done.stdout.count("Epoch 1/1 completed. Loss:") == 1  # rank 0 alone tells it
+    loaded = load_model(tmp_path / "out" / "model.pth")
+    assert loaded.classes == [str(d) for d in range(10)]
+    assert not any(p.name.endswith(".checkpoints") for p in (tmp_path / "out").iterdir())
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
 def test_train_refuses_a_missing_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     done = _train_in_process(tmp_path, monkeypatch, "--dataset", "nowhere.zip", "--output", "out")
     assert done.exit_code == EXIT_DO_NOT_RETRY

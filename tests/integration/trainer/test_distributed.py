@@ -47,6 +47,14 @@ def _rank(agent: subprocess.Popen[bytes], rank: int, case: TrainerCase) -> psuti
     raise AssertionError(f"no process of rank {rank}\n{case.output()}")
 
 
+def _two_ranks_in_epoch_two(case: TrainerCase) -> tuple[subprocess.Popen[bytes], psutil.Process]:
+    """A 3-epoch run of two processes, training inside its second epoch; its rank 1."""
+    case.spec = case.spec.model_copy(update={"epochs": 3})
+    agent = case.start(resources=TWO)
+    case.wait_for_epoch(agent, 1)
+    return agent, _rank(agent, 1, case)
+
+
 def _steps(case: TrainerCase) -> int:
     metrics = json.loads(case.blobs.read_bytes(model_sibling(case.spec.model_url, METRICS_SUFFIX)))
     return metrics["steps"]
@@ -86,11 +94,8 @@ def test_a_stop_on_one_rank_stops_the_group_and_another_size_resumes_it(
     trainer_case: TrainerCase,
 ) -> None:
     case = trainer_case
-    case.spec = case.spec.model_copy(update={"epochs": 3})
-
-    agent = case.start(resources=TWO)
-    case.wait_for_epoch(agent, 1)  # then it trains inside epoch 2
-    _rank(agent, 1, case).send_signal(signal.SIGTERM)  # not rank 0: the stop is agreed
+    agent, rank_1 = _two_ranks_in_epoch_two(case)
+    rank_1.send_signal(signal.SIGTERM)  # not rank 0: the stop is agreed
     assert agent.wait(timeout=120) == EXIT_RETRY, case.output()
     assert case.store.get_run(case.run.id).phase == Phase.RUNNING  # to be resumed
     assert "Training interrupted (SIGTERM)" in case.log_lines()[-1]
@@ -120,11 +125,8 @@ def test_a_rank_killed_outright_takes_the_group_down_and_the_run_resumes(
     trainer_case: TrainerCase,
 ) -> None:
     case = trainer_case
-    case.spec = case.spec.model_copy(update={"epochs": 3})
-
-    agent = case.start(resources=TWO)
-    case.wait_for_epoch(agent, 1)  # then it trains inside epoch 2
-    _rank(agent, 1, case).kill()
+    agent, rank_1 = _two_ranks_in_epoch_two(case)
+    rank_1.kill()
     killed = time.monotonic()
     assert agent.wait(timeout=STOP_WITHIN_SECONDS) == EXIT_RETRY, case.output()
     assert time.monotonic() - killed < STOP_WITHIN_SECONDS
