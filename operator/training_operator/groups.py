@@ -1,5 +1,5 @@
 """Runs of several training processes: the Kubernetes shapes they take (pure, like
-:mod:`training_operator.builders`, which composes them).
+:mod:`training_operator.manifests`, which composes them).
 
 * One node, several GPUs: one pod; the trainer starts one process per GPU itself (torchrun),
   and those processes share batches and NCCL buffers through ``/dev/shm``, so its size limit
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import re
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from training_core.runspec import EXIT_RETRY, Resources

@@ -1,4 +1,6 @@
-"""kopf handlers: thin I/O around :mod:`training_operator.builders`.
+"""kopf handlers: thin I/O around the pure rules of :mod:`~training_operator.manifests`
+(TrainingRun → Job), :mod:`~training_operator.job_status` (Job → status) and
+:mod:`~training_operator.transitions` (status → store).
 
 Every write to the store is a conditional update; only the caller whose update won writes the
 log line and posts the Event, so a handler that runs twice (a retry, a restarted operator, two
@@ -20,10 +22,12 @@ from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION, RunSpec
 from training_core.settings import load_settings
 from training_core.store import RunUpdate, Store, open_store
 
-from training_operator import builders, groups
-from training_operator.builders import LABEL_RUN, StatusUpdate, Transition
+from training_operator import groups, job_status, manifests, transitions
 from training_operator.config import OperatorConfig
+from training_operator.job_status import StatusUpdate
 from training_operator.kube import Kube, connection_info, load_configuration
+from training_operator.manifests import LABEL_RUN
+from training_operator.transitions import Transition
 
 TRAINING_RUNS = (CRD_GROUP, CRD_VERSION, CRD_PLURAL)
 
@@ -111,14 +115,14 @@ def ensure_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if run.phase.is_terminal or Phase(body.get("status", {}).get("phase", "Queued")).is_terminal:
         return
     namespace, name = body.metadata.namespace, body.metadata.name
-    service = builders.service_manifest(body, memo.config)
+    service = manifests.service_manifest(body, memo.config)
     if service is not None:  # first, so that node 0 has its name when the pods start
         _owned(
             "Service",
             memo.kube.create_service(service) or memo.kube.get_service(namespace, name),
             body,
         )
-    manifest = builders.job_manifest(body, memo.config)
+    manifest = manifests.job_manifest(body, memo.config)
     job = _owned("Job", memo.kube.create_job(manifest) or memo.kube.get_job(namespace, name), body)
     reconcile(body, job, memo)
 
@@ -137,7 +141,7 @@ def on_suspend(old: Any, new: Any, body: kopf.Body, memo: kopf.Memo, **_: Any) -
 def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Deleting an unfinished run cancels it; its Job and pods go with it."""
     spec = RunSpec.from_resource(body.metadata.name, body["spec"])
-    transition = builders.cancel_transition(spec.run_name)
+    transition = transitions.cancel_transition(spec.run_name)
     if _commit(memo, spec, transition) is not None:
         _post(memo, body, "Cancelled", transition)
     # No garbage collector may be watching (and it is harmless where one is).
@@ -157,7 +161,7 @@ def watch_run(
         return
     pods = memo.kube.run_pods(body.metadata.namespace, body.metadata.name)
     current = reconcile(body, job, memo, pods)
-    if builders.pending_too_long(current, datetime.now(UTC), memo.config.pending_timeout_seconds):
+    if job_status.pending_too_long(current, datetime.now(UTC), memo.config.pending_timeout_seconds):
         _flag_pending(body, current, pods, memo)
 
 
@@ -168,7 +172,7 @@ def on_job_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: An
         return  # the run is going: its deletion handler settles it
     if event["type"] == "DELETED":
         # A finished run's Job may go (TTL): the conditional update then changes nothing.
-        apply(run, builders.job_deleted_status(), memo)
+        apply(run, job_status.job_deleted_status(), memo)
     else:
         reconcile(run, body, memo)
 
@@ -189,20 +193,20 @@ def reconcile(
     meta = run_body["metadata"]
     if pods is None:
         pods = memo.kube.run_pods(meta["namespace"], meta["name"])
-    return apply(run_body, builders.run_status(job, pods), memo)
+    return apply(run_body, job_status.run_status(job, pods), memo)
 
 
 def apply(run_body: Any, update: StatusUpdate, memo: kopf.Memo) -> dict[str, Any]:
     """Store the update (if the run is where it expects) and show it on the TrainingRun."""
     meta = run_body["metadata"]
     spec = RunSpec.from_resource(meta["name"], run_body["spec"])
-    transition = builders.transition_for(update, meta["name"])
+    transition = transitions.transition_for(update, meta["name"])
     won = _commit(memo, spec, transition)
     run = won or _stored_run(memo.store, spec.run_id)
     if won is not None:
         _post(memo, run_body, update.reason, transition)
     current = dict(run_body.get("status") or {})
-    patch = builders.status_patch(current, update, run, _now(), spec.epochs)
+    patch = job_status.status_patch(current, update, run, _now(), spec.epochs)
     patch["jobName"] = meta["name"]
     patch["worldSize"] = spec.resources.world_size
     if any(current.get(key) != value for key, value in patch.items()):
@@ -247,13 +251,13 @@ def _flag_pending(
     run_body: Any, status: dict[str, Any], pods: list[dict[str, Any]], memo: kopf.Memo
 ) -> None:
     meta = run_body["metadata"]
-    why = builders.unschedulable_message(pods)
+    why = job_status.unschedulable_message(pods)
     seconds = int(memo.config.pending_timeout_seconds)
     message = f"still waiting for a node after {seconds} s" + (f": {why}" if why else "")
-    condition = builders.Condition(
+    condition = job_status.Condition(
         "PendingTooLong", "True", "Unschedulable" if why else "NoNodeYet", message
     )
-    conditions = builders.merge_conditions(status.get("conditions") or [], [condition], _now())
+    conditions = job_status.merge_conditions(status.get("conditions") or [], [condition], _now())
     # The condition is the "already flagged" mark: written first, so a crash can lose the
     # log line but never write it twice.
     memo.kube.patch_run_status(meta["namespace"], meta["name"], {"conditions": conditions})

@@ -17,7 +17,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from training_core.runspec import CRD_GROUP, CRD_PLURAL, CRD_VERSION
 
-from training_operator.builders import LABEL_RUN, pods_of
+from training_operator.job_status import pods_of
+from training_operator.manifests import LABEL_RUN
 
 MERGE_PATCH = "application/merge-patch+json"
 USER_AGENT = "training-agent-operator"

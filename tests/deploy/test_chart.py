@@ -24,8 +24,8 @@ from training_core.domain import Project
 from training_api.launchers.kubernetes import training_run_resource
 from training_core.runspec import RunSpec
 from training_core.settings import Settings, load_settings
-from training_operator.builders import job_labels, job_manifest
 from training_operator.config import OperatorConfig
+from training_operator.manifests import job_labels, job_manifest
 
 Install = Callable[..., list[dict[str, Any]]]
 Rendered = dict[str, list[dict[str, Any]]]

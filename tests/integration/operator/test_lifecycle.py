@@ -10,7 +10,7 @@ import pytest
 from training_core.domain import Phase, Project, Run
 from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_MISCONFIGURED
 from training_core.store import RunUpdate
-from training_operator.builders import GPU_RESOURCE, LABEL_PROJECT, LABEL_RUN
+from training_operator.manifests import GPU_RESOURCE, LABEL_PROJECT, LABEL_RUN
 
 from tests.integration.operator.conftest import (
     TIMER_INTERVAL,

@@ -9,20 +9,12 @@ import kubernetes_validate
 import pytest
 from training_core.domain import Phase
 from training_core.runspec import EXIT_RETRY, Resources
-from training_operator import builders, groups
-from training_operator.builders import Condition
+from training_operator import groups, job_status, manifests
+from training_operator.job_status import Condition
 
-from tests.unit.operator.test_builders import (
-    CONFIG,
-    DISRUPTED,
-    UNSCHEDULABLE,
-    container,
-    job_for,
-    pod,
-    run_resource,
-    with_status,
-)
 from tests.unit.operator.test_crd import K8S_VERSION
+from tests.unit.operator.test_job_status import DISRUPTED, UNSCHEDULABLE, pod
+from tests.unit.operator.test_manifests import CONFIG, container, job_for, run_resource
 
 NODES = Resources(nodes=3, gpu_count=8, accelerator="nvidia-h100-80gb")
 
@@ -44,7 +36,7 @@ def test_one_node_with_several_gpus_is_one_pod_with_shared_memory_for_each_proce
     assert env_of(job)["TRAINING_PROCESSES_PER_NODE"] == "4"
     assert "TRAINING_MASTER_ADDR" not in env_of(job)
     assert shm_of(job) == "8Gi"  # 2Gi for each of the 4 processes
-    assert builders.service_manifest(run_resource(resources=Resources(gpu_count=4)), CONFIG) is None
+    assert manifests.service_manifest(run_resource(resources=Resources(gpu_count=4)), CONFIG) is None
 
 
 @pytest.mark.parametrize(
@@ -98,23 +90,23 @@ def test_a_group_restarts_when_a_worker_dies_and_never_counts_its_peers_or_a_pre
 
 def test_the_master_port_is_a_setting() -> None:
     config = CONFIG.model_copy(update={"master_port": 31234})
-    job = builders.job_manifest(run_resource(resources=NODES), config)
+    job = manifests.job_manifest(run_resource(resources=NODES), config)
     assert env_of(job)["TRAINING_MASTER_PORT"] == "31234"
     assert container(job)["ports"][0]["containerPort"] == 31234
-    service = builders.service_manifest(run_resource(resources=NODES), config)
+    service = manifests.service_manifest(run_resource(resources=NODES), config)
     assert service is not None and service["spec"]["ports"][0]["port"] == 31234
 
 
 def test_the_service_is_headless_selects_the_runs_pods_and_is_owned_by_the_run() -> None:
     resource = run_resource(resources=NODES)
-    service = builders.service_manifest(resource, CONFIG)
+    service = manifests.service_manifest(resource, CONFIG)
     assert service is not None
     kubernetes_validate.validate(service, K8S_VERSION, strict=True)
-    job = builders.job_manifest(resource, CONFIG)
+    job = manifests.job_manifest(resource, CONFIG)
     assert service["metadata"] == job["metadata"]  # name, namespace, labels, owner: the run's
     assert service["spec"] == {
         "clusterIP": "None",
-        "selector": {builders.LABEL_RUN: "train-p1-1"},
+        "selector": {manifests.LABEL_RUN: "train-p1-1"},
         "publishNotReadyAddresses": True,
         "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}],
     }
@@ -131,8 +123,8 @@ def node(index: int, created: str, phase: str = "Pending", *conditions: dict[str
     return found
 
 
-def group_status(pods: list[dict[str, Any]], **status: Any) -> builders.StatusUpdate:
-    return builders.run_status({**GROUP_JOB, "status": status}, pods)
+def group_status(pods: list[dict[str, Any]], **status: Any) -> job_status.StatusUpdate:
+    return job_status.run_status({**GROUP_JOB, "status": status}, pods)
 
 
 def test_a_group_runs_once_every_node_runs() -> None:
@@ -155,7 +147,7 @@ def test_a_group_made_again_waits_for_all_its_new_pods() -> None:
         node(0, "2026-01-01T00:05:00Z", "Running"),
         node(1, "2026-01-01T00:05:01Z"),
     ]
-    assert [p["status"]["phase"] for p in builders.current_pods(pods)] == ["Running", "Pending"]
+    assert [p["status"]["phase"] for p in job_status.current_pods(pods)] == ["Running", "Pending"]
     assert group_status(pods, active=2, failed=1).phase is Phase.PENDING
     pods[3]["status"]["phase"] = "Running"
     assert group_status(pods, active=2, failed=1).phase is Phase.RUNNING
@@ -168,7 +160,7 @@ def test_any_node_that_no_node_fits_says_why() -> None:
     ]
     update = group_status(pods, active=2)
     assert (update.phase, update.reason) == (Phase.PENDING, "Unschedulable")
-    assert builders.unschedulable_message(pods) == UNSCHEDULABLE["message"]
+    assert job_status.unschedulable_message(pods) == UNSCHEDULABLE["message"]
 
 
 def test_a_preempted_node_sends_the_group_back_to_pending_until_all_run_again() -> None:
@@ -187,7 +179,7 @@ def test_a_preempted_node_sends_the_group_back_to_pending_until_all_run_again() 
 
 
 def test_a_failed_group_fails_the_run() -> None:
-    update = builders.run_status(
+    update = job_status.run_status(
         {**GROUP_JOB, "status": {"failed": 7, "conditions": [
             {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"}
         ]}},

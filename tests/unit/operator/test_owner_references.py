@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, RunSpec
 from training_api.launchers.kubernetes import training_run_resource
-from training_operator.builders import job_manifest
+from training_core.runspec import CRD_GROUP, CRD_KIND, CRD_PLURAL, RunSpec
 from training_operator.config import OperatorConfig
+from training_operator.manifests import job_manifest
 from training_operator.permissions import allowed
 
 PLURALS = {(CRD_GROUP, CRD_KIND): CRD_PLURAL}
