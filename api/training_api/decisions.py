@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-
 from training_core.blobs import parse_url
 from training_core.domain import (
     Dataset,
@@ -32,8 +31,8 @@ from training_core.runspec import (
     MIN_CLASSES,
     SUPPORTED_MODELS,
     Bounds,
-    TrainingMetadata,
     RunSpec,
+    TrainingMetadata,
     batch_split_problem,
     bounds_of,
     default_of,
@@ -42,6 +41,7 @@ from training_core.runspec import (
     model_url_for,
 )
 from training_core.settings import Settings
+
 from training_api.errors import ApiError
 
 TASK_TYPE = "image_classification"

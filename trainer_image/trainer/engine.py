@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-
 from training_core.errors import InvalidInput
 from training_core.runspec import batch_split_problem
 
@@ -87,7 +86,9 @@ class EpochPosition:
 
 
 @dataclass
-class Progress:
+class TrainingState:
+    """Where a run stands: epochs done, the position inside the next, the epochs' results."""
+
     epochs_done: int = 0
     position: EpochPosition = field(default_factory=EpochPosition)
     history: list[EpochResult] = field(default_factory=list)
@@ -327,7 +328,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
             self.step_model = torch.compile(ddp) if self.compiled else ddp
-        self.progress = Progress()
+        self.state = TrainingState()
         self._precision: PrecisionChoice | None = None
 
     @property
@@ -363,26 +364,26 @@ class Trainer:
         ``state_dict()``: a resume from it continues from that batch."""
 
         def checkpoint(position: EpochPosition) -> None:
-            self.progress.position = position
+            self.state.position = position
             on_checkpoint()
 
-        while self.progress.epochs_done < self.config.epochs:
-            epoch = self.progress.epochs_done + 1
+        while self.state.epochs_done < self.config.epochs:
+            epoch = self.state.epochs_done + 1
             order = epoch_order(self.config.seed, epoch, self.train_size)
             position = train_one_epoch(
                 self.step_model, self.optimizer, self.train, order, self.config.batch_size,
-                self.transform, self.progress.position, should_stop, self.amp, self.lr_scheduler,
+                self.transform, self.state.position, should_stop, self.amp, self.lr_scheduler,
                 checkpoint_due, checkpoint, self.group,
             )  # fmt: skip
-            self.progress.position = position
+            self.state.position = position
             if position.batches < self.batches_per_epoch:
                 raise Interrupted(f"stopped in epoch {epoch} after {position.batches} batches")
             result = self._finish_epoch(epoch, position)
             on_epoch_end(result)
             (stop,) = self.group.agree(should_stop())
-            if stop and self.progress.epochs_done < self.config.epochs:
+            if stop and self.state.epochs_done < self.config.epochs:
                 raise Interrupted(f"stopped after epoch {epoch}")
-        return self.progress.history
+        return self.state.history
 
     @property
     def batches_per_epoch(self) -> int:
@@ -407,15 +408,15 @@ class Trainer:
             images_per_second=position.samples / max(position.seconds, 1e-9),
             seconds=position.seconds + time.perf_counter() - started,
         )
-        self.progress = Progress(epoch, EpochPosition(), [*self.progress.history, result])
+        self.state = TrainingState(epoch, EpochPosition(), [*self.state.history, result])
         return result
 
     def eta_seconds(self) -> float:
-        history = self.progress.history
+        history = self.state.history
         if not history:
             return 0.0
         per_epoch = sum(r.seconds for r in history) / len(history)
-        return per_epoch * (self.config.epochs - self.progress.epochs_done)
+        return per_epoch * (self.config.epochs - self.state.epochs_done)
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -423,9 +424,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "epochs_done": self.progress.epochs_done,
-            "position": asdict(self.progress.position),
-            "history": [asdict(r) for r in self.progress.history],
+            "epochs_done": self.state.epochs_done,
+            "position": asdict(self.state.position),
+            "history": [asdict(r) for r in self.state.history],
             "seed": self.config.seed,
             "precision": self.precision.precision,
             "rng_cpu": torch.get_rng_state(),
@@ -444,7 +445,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.progress = Progress(
+        self.state = TrainingState(
             epochs_done=state["epochs_done"],
             position=EpochPosition(**state["position"]),
             history=[EpochResult(**r) for r in state["history"]],

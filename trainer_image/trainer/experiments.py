@@ -522,7 +522,7 @@ class Experiments:
         """Training starts (or resumes: the epochs already done are in its history)."""
         self.started = True
         params = run_parameters(self.spec, trainer)
-        history = trainer.progress.history
+        history = trainer.state.history
         if self.tensorboard:
             self.tensorboard.open(scratch, params, history)
         if self.mlflow:

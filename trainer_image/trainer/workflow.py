@@ -22,14 +22,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from training_core.blobs import BlobStore
 from training_core.dataset import DatasetDescription
-from training_core.domain import Progress
 from training_core.errors import (
     BlobExists,
     BlobNotFound,
@@ -49,14 +47,12 @@ from training_core.runspec import (
 )
 from training_core.settings import Settings
 
-from trainer.artifact import build_artifact
 from trainer.charts import write_charts, write_metrics_json
 from trainer.checkpoints import Checkpoints
 from trainer.data import Split, memory_budgets, open_split, plan_pipeline
 from trainer.distributed import Group, GroupLost
 from trainer.engine import (
     EpochResult,
-    Evaluation,
     Interrupted,
     TrainConfig,
     Trainer,
@@ -67,18 +63,16 @@ from trainer.engine import (
 from trainer.experiments import Experiments
 from trainer.interrupt import StopFlag, StopRequested
 from trainer.models import Weights, check_model_name, create_model
+from trainer.outcome import (
+    Outcome,
+    build_outcome,
+    epoch_progress,
+    final_progress,
+    model_record,
+)
 from trainer.tracking import ProjectInfo, RunEnded, Tracker
 
 log = logging.getLogger("trainer")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What training produced, ready to upload and record."""
-
-    model_path: Path
-    metrics: dict[str, Any]
-    record: dict[str, Any]  # the models row's metadata
 
 
 class TrainingWorkflow:
@@ -336,7 +330,10 @@ class TrainingWorkflow:
             validation = trainer.evaluate(sources["val"], len(splits["val"]))
             if not self.group.leads:
                 return None
-            return self._outcome(trainer, dataset, history, validation, test, scratch)
+            return build_outcome(
+                self.spec, self.tracker.project_id, trainer, dataset, history, validation, test,
+                scratch,
+            )
 
     def _open_sources(
         self, splits: dict[str, Split], device: torch.device, largest_image_pixels: int
@@ -377,8 +374,8 @@ class TrainingWorkflow:
         if state is None:
             return
         trainer.load_state_dict(state)
-        done = trainer.progress.epochs_done
-        within = trainer.progress.position.batches
+        done = trainer.state.epochs_done
+        within = trainer.state.position.batches
         where = f" and {within} batches of epoch {done + 1}" if within else ""
         self.tracker.log(f"Resuming from checkpoint: {done}/{self.spec.epochs} epochs done{where}")
 
@@ -390,7 +387,7 @@ class TrainingWorkflow:
         self._save_checkpoint(trainer)
         if self.group.leads:
             self.experiments.epoch(result)
-        self.tracker.progress(_progress(trainer, result))
+        self.tracker.progress(epoch_progress(trainer, result))
 
     def _checkpoint_due(self) -> bool:
         """Inside an epoch, every CHECKPOINT_INTERVAL_SECONDS: a node lost without notice
@@ -411,41 +408,6 @@ class TrainingWorkflow:
         else:
             log.info("checkpoint %s saved in %.2f s", url.rsplit("/", 1)[-1], time.monotonic() - started)
         self._last_checkpoint = time.monotonic()
-
-    def _outcome(
-        self, trainer: Trainer, dataset: DatasetDescription, history: list[EpochResult],
-        validation: Evaluation, test: Evaluation | None, scratch: Path,
-    ) -> Outcome:  # fmt: skip
-        final = history[-1]
-        training_seconds = sum(r.seconds for r in history)
-        metrics = {
-            "final_loss": final.train_loss,
-            "val_loss": validation.loss,
-            "val_accuracy": validation.accuracy,
-            "test_accuracy": test.accuracy if test else None,
-            "training_time_seconds": round(training_seconds, 2),
-            "steps": trainer.lr_scheduler.last_epoch,  # optimizer steps, resumes included
-            "images_per_second": final.images_per_second,
-            "confusion_matrix": (test or validation).confusion,
-            "confusion_matrix_split": "test" if test else "val",
-            "history": [asdict(r) for r in history],
-        }
-        hyperparameters = {
-            "model": self.spec.model, "epochs": self.spec.epochs,
-            "learning_rate": self.spec.learning_rate, "batch_size": self.spec.batch_size,
-            "image_size": self.spec.image_size, "pretrained": self.spec.pretrained,
-            "seed": trainer.config.seed, "optimizer": "adam", "lr_schedule": "cosine",
-            "compiled": trainer.compiled,
-            "precision": "bf16" if trainer.amp else "fp32",
-        }  # fmt: skip
-        artifact = build_artifact(
-            trainer.model, architecture=self.spec.model, classes=dataset.classes,
-            input_size=self.spec.image_size, metrics=metrics, hyperparameters=hyperparameters,
-            run_id=str(self.spec.run_id), project_id=self.tracker.project_id,
-        )  # fmt: skip
-        model_path = scratch / "model.pth"
-        torch.save(artifact, model_path)
-        return Outcome(model_path, metrics, _model_record(artifact["metadata"]))
 
     # -- 7. upload the model ---------------------------------------------------------------
     def upload_model(self, outcome: Outcome, scratch: Path) -> None:
@@ -490,7 +452,7 @@ class TrainingWorkflow:
                 f"Model already uploaded to {self.spec.model_url} by this run; recording it"
             )
             return Outcome(
-                local, artifact["metadata"]["metrics"], _model_record(artifact["metadata"])
+                local, artifact["metadata"]["metrics"], model_record(artifact["metadata"])
             )
 
     # -- 8. record the model and the project's status ------------------------------------
@@ -498,7 +460,7 @@ class TrainingWorkflow:
         with self._step("record model and project status"):
             name = Path(self.spec.model_url).stem
             self.tracker.succeed(
-                name, self.spec.model_url, outcome.record, _final_progress(self.spec, outcome)
+                name, self.spec.model_url, outcome.record, final_progress(self.spec, outcome)
             )
             self.run_over = True
 
@@ -537,41 +499,6 @@ def _split(dataset: DatasetDescription, name: str) -> Split:
     return Split(
         tuple(dataset.root / path for path, _ in samples), tuple(label for _, label in samples)
     )
-
-
-def _progress(trainer: Trainer, result: EpochResult) -> Progress:
-    return Progress(
-        epoch=result.epoch, total_epochs=trainer.config.epochs, loss=round(result.train_loss, 5),
-        val_loss=round(result.val_loss, 5), val_accuracy=round(result.val_accuracy, 5),
-        images_per_second=round(result.images_per_second, 1), eta_seconds=round(trainer.eta_seconds(), 1),
-        history=Progress.history_of(asdict(r) for r in trainer.progress.history),  # restored too
-    )  # fmt: skip
-
-
-def _final_progress(spec: RunSpec, outcome: Outcome) -> Progress:
-    history = outcome.metrics["history"]
-    last = history[-1]
-    return Progress(
-        epoch=last["epoch"], total_epochs=spec.epochs, loss=round(last["train_loss"], 5),
-        val_loss=round(last["val_loss"], 5), val_accuracy=round(last["val_accuracy"], 5),
-        images_per_second=round(last["images_per_second"], 1), eta_seconds=0,
-        history=Progress.history_of(history),
-    )  # fmt: skip
-
-
-def _model_record(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The ``models`` row's metadata: what a user looks for first."""
-    metrics, hyper = metadata["metrics"], metadata["hyperparameters"]
-    return {
-        "epochs": hyper["epochs"],
-        "final_loss": metrics["final_loss"],
-        "val_accuracy": metrics["val_accuracy"],
-        "test_accuracy": metrics["test_accuracy"],
-        "training_time_seconds": metrics["training_time_seconds"],
-        "classes": metadata["classes"],
-        "architecture": metadata["architecture"],
-        "input_size": metadata["input_size"],
-    }
 
 
 def _duration(seconds: float) -> str:

@@ -21,7 +21,14 @@ from pathlib import Path
 import psutil
 import pytest
 from training_core.domain import Phase
-from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_OK, EXIT_RETRY, METRICS_SUFFIX, Resources, model_sibling
+from training_core.runspec import (
+    EXIT_DO_NOT_RETRY,
+    EXIT_OK,
+    EXIT_RETRY,
+    METRICS_SUFFIX,
+    Resources,
+    model_sibling,
+)
 
 from tests.integration.trainer.conftest import TrainerCase
 

@@ -16,11 +16,6 @@ from uuid import uuid4
 import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from training_core.domain import Phase
-from training_core.runspec import EXIT_OK, EXIT_RETRY
-
-from tests.fixtures.mlflow import MlflowServer
-from tests.integration.trainer.conftest import TrainerCase
 from trainer.experiments import (
     EPOCH_METRICS,
     FAILURES_BEFORE_GIVING_UP,
@@ -28,6 +23,11 @@ from trainer.experiments import (
     MlflowRun,
     event_folder_url,
 )
+from training_core.domain import Phase
+from training_core.runspec import EXIT_OK, EXIT_RETRY
+
+from tests.fixtures.mlflow import MlflowServer
+from tests.integration.trainer.conftest import TrainerCase
 
 pytestmark = [pytest.mark.slow, pytest.mark.digits(limit=300)]
 OUTAGE_TIMEOUT_SECONDS = 2  # MLFLOW_TIMEOUT_SECONDS of the outage's run

@@ -12,7 +12,13 @@ from trainer.distributed import Group
 from trainer.engine import check_divides, epoch_order, rank_share
 from trainer.launch import group_exit, launch_config
 from training_core.errors import InvalidInput
-from training_core.runspec import EXIT_DO_NOT_RETRY, EXIT_MISCONFIGURED, EXIT_OK, EXIT_RETRY, Resources
+from training_core.runspec import (
+    EXIT_DO_NOT_RETRY,
+    EXIT_MISCONFIGURED,
+    EXIT_OK,
+    EXIT_RETRY,
+    Resources,
+)
 
 
 def _ranks(world: int) -> list[Group]:
@@ -106,7 +112,6 @@ def test_one_node_meets_on_localhost_several_meet_at_node_zero() -> None:
 # -- two real gloo processes -----------------------------------------------------------------
 def _decode_in_group(rank: int, world: int, init: str, paths: list[str], out: str) -> None:
     import torch.distributed as dist
-
     from trainer.data import decode_together
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

@@ -92,7 +92,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights() -> None:
     resumed = _trainer(seed=99)  # a new process: other random state, the seed from the checkpoint
     saved.seek(0)
     resumed.load_state_dict(torch.load(saved, weights_only=True))
-    assert resumed.progress.epochs_done == 1 and resumed.progress.position.batches == 3
+    assert resumed.state.epochs_done == 1 and resumed.state.position.batches == 3
     history = resumed.fit(lambda _: None)
 
     assert [r.epoch for r in history] == [1, 2, 3]
@@ -125,7 +125,7 @@ def test_checkpoints_inside_an_epoch_change_nothing_and_resume_from_their_batch(
 
     resumed = _trainer(seed=99)  # the node was lost after the first of them
     resumed.load_state_dict(torch.load(io.BytesIO(saved[0]), weights_only=True))
-    assert resumed.progress.epochs_done == 1 and resumed.progress.position.batches == 3
+    assert resumed.state.epochs_done == 1 and resumed.state.position.batches == 3
     history = resumed.fit(lambda _: None)
     assert [r.epoch for r in history] == [1, 2, 3]
     for name, value in uninterrupted.model.state_dict().items():

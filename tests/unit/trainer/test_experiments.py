@@ -10,11 +10,6 @@ from uuid import uuid4
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from training_core.blobs.local import LocalBlobStore
-from training_core.errors import BlobUnavailable
-from training_core.runspec import RunSpec
-
-from tests.fixtures.gcs import free_port
 from trainer.engine import EpochResult
 from trainer.experiments import (
     EPOCH_METRICS,
@@ -28,6 +23,11 @@ from trainer.experiments import (
     redact_uri,
     short_error,
 )
+from training_core.blobs.local import LocalBlobStore
+from training_core.errors import BlobUnavailable
+from training_core.runspec import RunSpec
+
+from tests.fixtures.gcs import free_port
 
 
 def _result(epoch: int) -> EpochResult:
@@ -220,9 +220,8 @@ def test_tracking_settings_default_to_tensorboard_only(monkeypatch: pytest.Monke
 
 
 def test_with_both_trackers_off_nothing_is_written(tmp_path: Path) -> None:
-    from training_core.settings import load_settings
-
     from trainer.experiments import Experiments
+    from training_core.settings import load_settings
 
     spec = RunSpec(
         run_id=uuid4(), run_name="r-1", project_id=uuid4(), dataset_url="gs://b/raw/d.zip",

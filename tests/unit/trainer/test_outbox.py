@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from training_core.errors import InvalidState, StoreUnavailable
-
 from trainer import outbox
 from trainer.outbox import Outbox, retry_through_outage
+from training_core.errors import InvalidState, StoreUnavailable
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from trainer.engine import Interrupted
-from trainer.workflow import Outcome, _final_progress, _progress
+from trainer.outcome import Outcome, epoch_progress, final_progress
 from training_core.domain import Progress
 from training_core.runspec import RunSpec
 
@@ -24,7 +24,7 @@ def test_each_epochs_progress_holds_the_history_so_far_and_a_resume_keeps_it() -
     stops = iter([False] * 10 + [True] * 100)  # epoch 1 is 10 batches; stop right after it
 
     try:
-        first.fit(lambda result: published.append(_progress(first, result)), lambda: next(stops))
+        first.fit(lambda result: published.append(epoch_progress(first, result)), lambda: next(stops))
     except Interrupted:
         pass
     saved = io.BytesIO()
@@ -32,7 +32,7 @@ def test_each_epochs_progress_holds_the_history_so_far_and_a_resume_keeps_it() -
     resumed = _trainer(seed=99)
     saved.seek(0)
     resumed.load_state_dict(torch.load(saved, weights_only=True))
-    resumed.fit(lambda result: published.append(_progress(resumed, result)))
+    resumed.fit(lambda result: published.append(epoch_progress(resumed, result)))
 
     assert [p.epoch for p in published] == [1, 2, 3]
     assert [[h.epoch for h in p.history or []] for p in published] == [[1], [1, 2], [1, 2, 3]]
@@ -54,7 +54,7 @@ def test_the_final_progress_holds_the_whole_history() -> None:
     )  # fmt: skip
     outcome = Outcome(Path("m.pth"), {"history": [asdict(r) for r in history]}, {})
 
-    final = _final_progress(spec, outcome)
+    final = final_progress(spec, outcome)
 
     assert [h.epoch for h in final.history or []] == [1, 2, 3]
     assert final.history == Progress.history_of(asdict(r) for r in history)
