@@ -356,19 +356,24 @@ class TrainerEpoch(BaseModel):
     seconds: float | None = None
 
 
-class MetricsFile(BaseModel):
-    """The keys of ``<model>.metrics.json`` the API serves (the trainer writes more)."""
+class ModelFigures(BaseModel):
+    """A trained model's figures: the metrics file's and the metrics answer's alike."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    confusion_matrix: list[list[int]]
-    confusion_matrix_split: str | None = None
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     val_loss: float | None = None
     final_loss: float | None = None
     training_time_seconds: float | None = None
     images_per_second: float | None = None
+
+
+class MetricsFile(ModelFigures):
+    """The keys of ``<model>.metrics.json`` the API serves (the trainer writes more)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    confusion_matrix: list[list[int]]
+    confusion_matrix_split: str | None = None
     history: list[TrainerEpoch] = []
 
 

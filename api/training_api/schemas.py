@@ -308,7 +308,7 @@ class RunsResponse(BaseModel):
     runs: list[RunSummary] = Field(description="The newest runs of all projects, newest first.")
 
 
-class MetricsResponse(BaseModel):
+class MetricsResponse(decisions.ModelFigures):
     """The metrics file the trainer wrote next to the model, with the model's class names."""
 
     model_config = ConfigDict(
@@ -346,12 +346,6 @@ class MetricsResponse(BaseModel):
     )
     confusion_matrix: list[list[int]]
     confusion_matrix_split: str | None = Field(description="'test' when test/ existed, else 'val'.")
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    val_loss: float | None = None
-    final_loss: float | None = None
-    training_time_seconds: float | None = None
-    images_per_second: float | None = None
     history: list[EpochPoint] = Field(default_factory=list)
 
     @classmethod

@@ -104,22 +104,18 @@ def _active_status(
         )
     if disrupted:
         message = _condition_message(disrupted[-1], "DisruptionTarget") or "the pod was preempted"
+        because = Condition("Preempted", "True", "DisruptionTarget", message)
         return StatusUpdate(
-            Phase.PENDING,
-            "Preempted",
+            Phase.PENDING, "Preempted",
             f"preempted ({message}); waiting for a new node, resuming from the last checkpoint",
-            (suspend_condition, Condition("Preempted", "True", "DisruptionTarget", message)),
-            start,
-        )
-    unschedulable = unschedulable_message(pods)
-    if unschedulable:
+            (suspend_condition, because), start,
+        )  # fmt: skip
+    if unschedulable := unschedulable_message(pods):
+        because = Condition("Scheduled", "False", "Unschedulable", unschedulable)
         return StatusUpdate(
-            Phase.PENDING,
-            "Unschedulable",
-            f"waiting for a node: {unschedulable}",
-            (suspend_condition, Condition("Scheduled", "False", "Unschedulable", unschedulable)),
-            start,
-        )
+            Phase.PENDING, "Unschedulable", f"waiting for a node: {unschedulable}",
+            (suspend_condition, because), start,
+        )  # fmt: skip
     waiting = "waiting for a GPU node"
     if expected > 1:
         waiting = f"waiting for GPU nodes ({len(started)} of {expected} pods running)"
