@@ -74,7 +74,7 @@ def train(
     pretrained: bool = typer.Option(False, help="Start from ImageNet weights (from the local torch hub cache)"),
     seed: int | None = _bounded("seed", help="Make the run reproducible"),
     output: str = typer.Option("model-output", help="Folder for model.pth, its metrics and charts"),
-    nproc: int = typer.Option(1, min=1, max=64, help="Training processes (torchrun standalone; gloo on a CPU)"),
+    nproc: int = typer.Option(1, min=1, max=64, help="Training processes (gloo on a CPU)"),
 ) -> None:
     """Train a model on this machine, without the API or a database (the same trainer as a Job)."""
     from pathlib import Path

@@ -60,13 +60,8 @@ class TrainingChoice:
     pretrained: bool
     seed: int | None
     dataset_url: str
-    gpus: int = 1  # per node
+    gpus: int | None = None  # per node; None: the deployment's DEFAULT_GPU_COUNT
     nodes: int = 1
-
-    @property
-    def world_size(self) -> int:
-        """Training processes: one per GPU (one on a node without), on every node."""
-        return self.nodes * max(self.gpus, 1)
 
 
 def parse_project_id(text: str) -> UUID:
@@ -101,7 +96,10 @@ def _rules(settings: Settings) -> list[tuple[str, Callable[[Any], bool], str]]:
 
 
 def _within(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    def admits(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    return admits
 
 
 def _admits(bounds: Bounds, optional: bool) -> Callable[[Any], bool]:
@@ -243,10 +241,17 @@ def plan_run(
         image_size=choice.image_size,
         pretrained=choice.pretrained,
         seed=choice.seed,
-        resources=default_resources(settings).model_copy(
-            update={"gpu_count": choice.gpus, "nodes": choice.nodes}
-        ),
+        resources=_resources(choice, settings),
     )
+
+
+def _resources(choice: TrainingChoice, settings: Settings) -> Resources:
+    """The deployment's defaults, with the group the run asked for."""
+    resources = default_resources(settings)
+    asked = {"nodes": choice.nodes}
+    if choice.gpus is not None:
+        asked["gpu_count"] = choice.gpus
+    return resources.model_copy(update=asked)
 
 
 def next_attempt(previous: Run | None) -> int:

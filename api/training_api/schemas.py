@@ -62,7 +62,9 @@ class StartRequest(BaseModel):
         " process trains an equal slice of it.",
     )
     gpus: int | None = Field(
-        None, ge=0, description="GPUs per node, one training process each (at most MAX_GPUS_PER_NODE)."
+        None,
+        ge=0,
+        description="GPUs per node, one training process each (at most MAX_GPUS_PER_NODE).",
     )
     nodes: int | None = Field(
         None, ge=1, description="Nodes that train together (at most MAX_NODES)."

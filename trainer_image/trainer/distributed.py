@@ -114,7 +114,9 @@ class Group:
             dist.destroy_process_group()
 
 
-def join(device: torch.device, timeout_seconds: float, environ: Mapping[str, str] | None = None) -> Group:
+def join(
+    device: torch.device, timeout_seconds: float, environ: Mapping[str, str] | None = None
+) -> Group:
     """This process's group, as the elastic agent described it (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``…); a group of one where there is no agent."""
     environ = os.environ if environ is None else environ
@@ -126,7 +128,8 @@ def join(device: torch.device, timeout_seconds: float, environ: Mapping[str, str
         torch.cuda.set_device(local_rank)
     timeout = timedelta(seconds=timeout_seconds)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timeout, device_id=_device_id(device, local_rank))
+    gpu = torch.device("cuda", local_rank) if device.type == "cuda" else None
+    dist.init_process_group(backend, timeout=timeout, device_id=gpu)
     # Under gloo the default group serves for decisions too (None: the default group).
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     return Group(
@@ -136,12 +139,3 @@ def join(device: torch.device, timeout_seconds: float, environ: Mapping[str, str
         local_world_size=int(environ.get("LOCAL_WORLD_SIZE", str(world_size))),
         _control=control,
     )
-
-
-def _device_id(device: torch.device, local_rank: int) -> torch.device | None:
-    return torch.device("cuda", local_rank) if device.type == "cuda" else None
-
-
-def device_of(group_local_rank: int, device: torch.device) -> torch.device:
-    """The device a rank trains on: its own GPU on a node of several."""
-    return torch.device("cuda", group_local_rank) if device.type == "cuda" else device

@@ -90,7 +90,8 @@ def _train_with_store(spec: RunSpec, settings: Settings, stop: StopFlag, group: 
 def _train_on_console(spec: RunSpec, settings: Settings, stop: StopFlag, group: Group) -> int:
     from rich.console import Console
 
-    tracker = ConsoleTracker(Console(), os.environ[CONSOLE_ENV]) if group.leads else FollowerTracker()
+    name = os.environ[CONSOLE_ENV]
+    tracker = ConsoleTracker(Console(), name) if group.leads else FollowerTracker()
     workflow = TrainingWorkflow(
         spec, settings, open_blob_store(settings), tracker, stop, local_paths=True, group=group
     )

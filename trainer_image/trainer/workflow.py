@@ -121,7 +121,7 @@ class TrainingWorkflow:
                 )
             return EXIT_RETRY
         except GroupLost as lost:
-            log.warning("the group of training processes is broken (%s): exiting to be retried", lost)
+            log.warning("the group of processes is broken (%s): exiting to be retried", lost)
             return EXIT_RETRY
         except RunEnded as ended:
             log.warning("stopping: %s", ended)
@@ -309,7 +309,9 @@ class TrainingWorkflow:
             precision = trainer.precision  # decided now, by rank 0, for every rank
             if self.group.leads:
                 self.experiments.start(trainer, scratch)
-            where = f"{self.group.world_size} processes on {device.type}" if self.group.distributed else device.type
+            where = device.type
+            if self.group.distributed:
+                where = f"{self.group.world_size} processes on {device.type}"
             self.tracker.log(
                 f"Training on {where} ({'compiled' if trainer.compiled else 'eager'}, "
                 f"{precision}), seed {trainer.config.seed}"

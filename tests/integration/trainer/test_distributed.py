@@ -54,6 +54,13 @@ def _rank(agent: subprocess.Popen[bytes], rank: int, case: TrainerCase) -> psuti
     raise AssertionError(f"no process of rank {rank}\n{case.output()}")
 
 
+def _children(agent: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    try:
+        return psutil.Process(agent.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _two_ranks_in_epoch_two(case: TrainerCase) -> tuple[subprocess.Popen[bytes], psutil.Process]:
     """A 3-epoch run of two processes, training inside its second epoch; its rank 1."""
     case.spec = case.spec.model_copy(update={"epochs": 3})
@@ -125,6 +132,22 @@ def test_a_stop_on_one_rank_stops_the_group_and_another_size_resumes_it(
     assert _steps(case) == 3 * math.ceil(train_images / 32)
     assert case.store.get_run(case.run.id).phase == Phase.SUCCEEDED
     assert len(case.store.get_models(case.project.id)) == 1
+
+
+@pytest.mark.digits(limit=600)
+def test_a_stopped_pod_stops_every_rank_with_one_checkpoint(trainer_case: TrainerCase) -> None:
+    """SIGTERM to the pod's first process, the node's agent (preemption, kubectl delete):
+    it passes the stop to the ranks, waits for them, and exits to be retried."""
+    case = trainer_case
+    agent, _ = _two_ranks_in_epoch_two(case)
+    ranks = _children(agent)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=120) == EXIT_RETRY, case.output()
+    assert "Training interrupted (SIGTERM)" in case.log_lines()[-1]
+    saved = re.findall(r"checkpoint (step-0001-0*[1-9]\d*)\.pt saved", case.output())
+    assert len(saved) == 1, case.output()
+    assert case.store.get_run(case.run.id).phase == Phase.RUNNING
+    assert len(ranks) >= 2 and not any(rank.is_running() for rank in ranks)  # none left behind
 
 
 @pytest.mark.digits(limit=600)

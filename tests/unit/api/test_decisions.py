@@ -278,9 +278,11 @@ def test_gpus_and_nodes_come_from_the_request_the_metadata_or_the_settings():
         project(metadata={"gpus": 4, "nodes": 2}), dataset(), {"nodes": 1, "batch_size": 64}, GROUPS
     )
 
-    assert (default.gpus, default.nodes, default.world_size) == (GROUPS.default_gpu_count, 1, 1)
-    assert (from_metadata.gpus, from_metadata.nodes, from_metadata.world_size) == (4, 2, 8)
-    assert (asked.gpus, asked.nodes, asked.world_size) == (4, 1, 4)
+    assert (default.gpus, default.nodes) == (GROUPS.default_gpu_count, 1)
+    assert (from_metadata.gpus, from_metadata.nodes) == (4, 2)
+    assert (asked.gpus, asked.nodes) == (4, 1)
+    spec = plan_run(from_metadata, project(), None, uuid4(), GROUPS)
+    assert spec.resources.world_size == 8
 
 
 def test_the_plan_carries_the_group_shape_to_the_training_run():
