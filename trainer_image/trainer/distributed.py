@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+# The longest a rank waits for rank 0's dataset intake (a peer that dies is seen at once).
+PATIENT_HOURS = 6
 
 
 class GroupLost(Exception):
@@ -36,6 +38,7 @@ class Group:
     local_rank: int = 0
     local_world_size: int = 1
     _control: Any = field(default=None, repr=False)  # the gloo group for decisions
+    _patient: Any = field(default=None, repr=False)  # the same, for waits of minutes
 
     @property
     def distributed(self) -> bool:
@@ -65,12 +68,14 @@ class Group:
             self._collective(dist.all_reduce, tensor, op=dist.ReduceOp.SUM, group=group)
         return tensor
 
-    def share(self, value: T) -> T:
-        """Rank 0's ``value`` (any picklable object), on every rank."""
+    def share(self, value: T, *, patient: bool = False) -> T:
+        """Rank 0's ``value`` (any picklable object), on every rank. ``patient``: rank 0 may
+        take up to ``PATIENT_HOURS`` to get there (a dataset's download and check)."""
         if not self.distributed:
             return value
         box = [value]
-        self._collective(dist.broadcast_object_list, box, src=0, group=self._control)
+        group = self._patient if patient else self._control
+        self._collective(dist.broadcast_object_list, box, src=0, group=group)
         return box[0]
 
     def share_first(self, error: str | None) -> str:
@@ -132,10 +137,12 @@ def join(
     dist.init_process_group(backend, timeout=timeout, device_id=gpu)
     # Under gloo the default group serves for decisions too (None: the default group).
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    patient = dist.new_group(backend="gloo", timeout=max(timeout, timedelta(hours=PATIENT_HOURS)))
     return Group(
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
         local_world_size=int(environ.get("LOCAL_WORLD_SIZE", str(world_size))),
         _control=control,
+        _patient=patient,
     )

@@ -153,8 +153,7 @@ class TrainingWorkflow:
             outcome = self._outcome_of_uploaded(scratch)
         else:
             project = self.fetch_metadata()
-            archive = self.download_dataset(scratch)
-            dataset = self.extract_and_validate(archive, scratch, project.expected_num_classes)
+            dataset = self._take_in_dataset(scratch, project.expected_num_classes)
             device, model, seed = self.build_model(dataset, scratch)
             trained = self.train(model, dataset, device, seed, scratch)
             if trained is None:
@@ -223,6 +222,23 @@ class TrainingWorkflow:
             if project.dataset:
                 log.info("project %s, dataset %s", project.name, project.dataset)
             return project
+
+    def _take_in_dataset(self, scratch: Path, expected: int | None) -> DatasetDescription:
+        """Steps 3 and 4. In a group, once per node: each node's first process downloads and
+        extracts into the node's folder (the same path on every node), and rank 0's
+        description serves every rank."""
+        intake = self._intake_folder(scratch)
+        dataset = None
+        if self.group.local_rank == 0:
+            intake.mkdir(parents=True, exist_ok=True)
+            archive = self.download_dataset(intake)
+            dataset = self.extract_and_validate(archive, intake, expected)
+        return self.group.share(dataset, patient=True)
+
+    def _intake_folder(self, scratch: Path) -> Path:
+        if not self.group.distributed:
+            return scratch
+        return self.settings.scratch_dir / f"{self.spec.run_id}-node"
 
     # -- 3. download the dataset -----------------------------------------------------------
     def download_dataset(self, scratch: Path) -> Path:
@@ -470,6 +486,8 @@ class TrainingWorkflow:
     def clean_up(self, scratch: Path) -> None:
         self.experiments.close(ended=self.run_over)  # before the scratch (their files) goes
         shutil.rmtree(scratch, ignore_errors=True)
+        if self.group.distributed and self.group.local_rank == 0:  # the node's dataset
+            shutil.rmtree(self._intake_folder(scratch), ignore_errors=True)
         if self.run_over and self.checkpoints is not None and self.group.leads:
             try:
                 self.checkpoints.clear()  # an ended run is never resumed
