@@ -143,9 +143,13 @@ def test_initialize_lists_the_tools_with_schemas_and_hints(mcp_url, settings):
         "epochs",
         "learning_rate",
         "batch_size",
+        "gpus",
+        "nodes",
     }
     assert maximum_of(start["properties"]["epochs"]) == settings.max_epochs
     assert maximum_of(start["properties"]["batch_size"]) == settings.max_batch_size
+    assert maximum_of(start["properties"]["gpus"]) == settings.max_gpus_per_node
+    assert maximum_of(start["properties"]["nodes"]) == settings.max_nodes
     assert set(enum_of(start["properties"]["model"])) == set(SUPPORTED_MODELS)
     status = tools["get_training_status"].inputSchema["properties"]
     assert maximum_of(status["logs"]) == settings.status_logs_max

@@ -185,7 +185,9 @@ def test_malformed_project_id_is_400(client):
         ({}, "body.project_id"),
         ({"project_id": str(uuid4()), "epochs": 0}, "body.epochs"),
         ({"project_id": str(uuid4()), "learning_rate": 2}, "body.learning_rate"),
-        ({"project_id": str(uuid4()), "gpus": 8}, "body.gpus"),
+        ({"project_id": str(uuid4()), "accelerator": "tpu-v5"}, "body.accelerator"),  # unknown
+        ({"project_id": str(uuid4()), "gpus": -1}, "body.gpus"),
+        ({"project_id": str(uuid4()), "nodes": 0}, "body.nodes"),
         ({"project_id": 12}, "body.project_id"),
     ],
 )
