@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from training_core.domain import EpochPoint, LogEntry, Progress, ProgressSummary, Project, Run
 from training_core.runspec import SUPPORTED_MODELS
@@ -27,6 +27,17 @@ ProjectIdText = Annotated[
         json_schema_extra={"format": "uuid"},
     ),
 ]
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer, not a boolean")
+    return value
+
+
+def count(at_least: int) -> Any:
+    """A whole number from ``at_least`` on, as JSON Schema has it (48.0 is 48), but JSON's
+    true is not 1."""
+    return Annotated[int, Field(ge=at_least), BeforeValidator(_not_a_bool)]
 
 EXAMPLE_PROJECT = "3f2b6c1e-8d4a-4f6b-9c2e-1a7d5e9b0c34"
 EXAMPLE_RUN = "9b1c2d3e-4f5a-4b6c-8d7e-0f1a2b3c4d5e"
@@ -53,22 +64,18 @@ class StartRequest(BaseModel):
 
     project_id: ProjectIdText
     model: SupportedModel | None = Field(None, description="Architecture to fine-tune.")
-    epochs: int | None = Field(None, ge=1, description="Epochs to train (at most MAX_EPOCHS).")
+    epochs: count(1) | None = Field(None, description="Epochs to train (at most MAX_EPOCHS).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Initial learning rate.")
-    batch_size: int | None = Field(
+    batch_size: count(2) | None = Field(
         None,
-        ge=1,
         description="Images per step, over all GPUs (at most MAX_BATCH_SIZE); each training"
         " process trains an equal slice of it.",
     )
-    gpus: int | None = Field(
+    gpus: count(0) | None = Field(
         None,
-        ge=0,
         description="GPUs per node, one training process each (at most MAX_GPUS_PER_NODE).",
     )
-    nodes: int | None = Field(
-        None, ge=1, description="Nodes that train together (at most MAX_NODES)."
-    )
+    nodes: count(1) | None = Field(None, description="Nodes that train together (at most MAX_NODES).")
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude={"project_id"}, exclude_none=True)

@@ -111,7 +111,7 @@ class RunSpec(WireModel):
     model_url: str
     epochs: int = Field(10, ge=1, le=10000)
     learning_rate: float = Field(0.001, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1, le=65536)
+    batch_size: int = Field(32, ge=2, le=65536)  # 2 at least: batch norm needs two images
     image_size: int = Field(224, ge=16, le=1024)
     pretrained: bool = True
     weights_url: str | None = None

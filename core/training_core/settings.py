@@ -65,11 +65,11 @@ class Settings(BaseSettings):
 
     # --- training defaults and bounds ---------------------------------------------------
     default_model: str = "resnet18"
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=2, le=4096)
     default_epochs: int = Field(10, ge=1, le=1000)
     default_learning_rate: float = Field(0.001, gt=0, lt=1)
     max_epochs: int = Field(200, ge=1, le=10000)
-    max_batch_size: int = Field(1024, ge=1, le=65536)
+    max_batch_size: int = Field(1024, ge=2, le=65536)
     image_size: int = Field(224, ge=16, le=1024)
     torch_compile: Literal["auto", "on", "off"] = "auto"
     # bf16 autocast where the device has it and (on a CPU) a start-up probe finds it faster.

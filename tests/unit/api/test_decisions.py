@@ -99,7 +99,7 @@ def test_request_overrides_win_over_metadata_over_defaults():
             {"batch_size": 257},
             422,
             "invalid_parameter",
-            "batch_size must be between 1 and 256 (got 257)",
+            "batch_size must be between 2 and 256 (got 257)",
         ),
         (
             {"image_size": 8},

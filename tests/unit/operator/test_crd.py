@@ -90,7 +90,7 @@ def test_status_schema_is_strict() -> None:
     "run",
     [
         sample(),
-        sample(model="convnext_tiny", epochs=1, learning_rate=0.5, batch_size=1, image_size=16),
+        sample(model="convnext_tiny", epochs=1, learning_rate=0.5, batch_size=2, image_size=16),
         sample(
             resources=Resources(
                 gpu_count=4, accelerator="nvidia-h100-80gb", spot=True, cpu="500m", memory="64Gi"
